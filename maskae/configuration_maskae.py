@@ -1,0 +1,131 @@
+"""`MaskAEConfig`: a stock encoder config plus where to split it and what decodes the code.
+
+The stock config (`base_config`) describes the whole stack that maskae runs: `split_layer` encoder
+layers followed by `decoder_layers` decoder layers of the same kind. Keeping one stock config for
+the whole stack is what makes a bottleneck-free model exportable to the stock `*ForMaskedLM` class.
+"""
+
+from __future__ import annotations
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+from .errors import ConfigError
+
+DECODERS = ("layers", "linear", "transformer")
+BOTTLENECKS = ("projection", "sentence")
+POOLINGS = ("mean", "cls")
+
+
+def num_layers(config: PreTrainedConfig) -> int:
+    """Depth of a stock encoder config, whatever the family calls it."""
+    for key in ("num_hidden_layers", "n_layers", "num_layers"):
+        if getattr(config, key, None) is not None:
+            return int(getattr(config, key))
+    raise ConfigError(f"cannot tell how many layers a {type(config).__name__} has; set num_hidden_layers in it.")
+
+
+def with_num_layers(config: PreTrainedConfig, n: int) -> PreTrainedConfig:
+    """A copy of `config` with `n` layers (per-layer lists such as ModernBERT's `layer_types` follow)."""
+    values = config.to_dict()
+    key = "n_layers" if "n_layers" in values else "num_hidden_layers"
+    values[key] = n
+    layer_types = values.get("layer_types")
+    if isinstance(layer_types, list) and layer_types:
+        period = next((i for i in range(1, len(layer_types)) if layer_types[i] == layer_types[0]), len(layer_types))
+        values["layer_types"] = [layer_types[i % period] if i >= len(layer_types) else layer_types[i] for i in range(n)]
+    new = type(config).from_dict(values)
+    new._attn_implementation = config._attn_implementation
+    return new
+
+
+@strict
+class MaskAEConfig(PreTrainedConfig):
+    r"""
+    base_config (`dict` or `PreTrainedConfig`): the stock encoder config (BERT, RoBERTa, DistilBERT, ModernBERT, ...).
+        Its layer count is normalised to `split_layer + decoder_layers`.
+    split_layer (`int`): number of encoder layers; their output is the code.
+    decoder (`str`): "layers" (the backbone's remaining layers), "linear" (the MLM head only, classic BERT),
+        or "transformer" (`decoder_layers` freshly initialised layers of the backbone's kind).
+    decoder_layers (`int`, *optional*): layers after the split; derived for "layers" and "linear".
+    bottleneck (`str`, *optional*): None, "projection" (per-token hidden -> d -> hidden) or "sentence"
+        (the decoder sees one pooled vector).
+    bottleneck_dim (`int`, *optional*): width d of the projection bottleneck.
+    pooling (`str`): how the sentence bottleneck and default embeddings pool tokens: "mean" or "cls".
+    sparse_prediction (`bool`): with labels, project to the vocabulary only at target positions
+        (logits then have shape [num_targets, vocab]).
+    decoder_mask_prob (`float`): for the sentence bottleneck, fraction of the decoder's copy that is masked.
+    """
+
+    model_type = "maskae"
+    sub_configs_defaults = {
+        "base_config": SubConfigSpec(config_class=AutoConfig, model_type="bert"),
+    }
+
+    base_config: dict | PreTrainedConfig | None = None
+    split_layer: int | None = None
+    decoder: str = "layers"
+    decoder_layers: int | None = None
+    bottleneck: str | None = None
+    bottleneck_dim: int | None = None
+    pooling: str = "mean"
+    sparse_prediction: bool = False
+    decoder_mask_prob: float = 0.5
+    tie_word_embeddings: bool = True
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        base = self.base_config
+        total = num_layers(base)
+        if self.split_layer is None:
+            self.split_layer = total if self.decoder == "linear" else total // 2
+        if self.decoder not in DECODERS:
+            raise ConfigError(f"unknown decoder {self.decoder!r}; use one of {', '.join(DECODERS)}.")
+        if self.bottleneck not in (None, *BOTTLENECKS):
+            raise ConfigError(
+                f"unknown bottleneck {self.bottleneck!r}; use one of {', '.join(BOTTLENECKS)}, or none."
+            )
+        if self.bottleneck == "projection" and not (self.bottleneck_dim and self.bottleneck_dim > 0):
+            raise ConfigError("bottleneck='projection' needs a positive bottleneck_dim, e.g. bottleneck_dim=64.")
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"unknown pooling {self.pooling!r}; use one of {', '.join(POOLINGS)}.")
+        if self.decoder == "layers":
+            limit = total if self.decoder_layers is None else self.split_layer + self.decoder_layers
+            if not 1 <= self.split_layer <= limit:
+                raise ConfigError(
+                    f"split_layer={self.split_layer} is out of range for a {limit}-layer backbone; "
+                    f"choose 1 <= split_layer <= {limit}."
+                )
+            self.decoder_layers = limit - self.split_layer
+        elif self.decoder == "linear":
+            if self.split_layer < 1 or (self.decoder_layers is None and self.split_layer > total):
+                raise ConfigError(
+                    f"split_layer={self.split_layer} is out of range for a {total}-layer backbone; "
+                    f"choose 1 <= split_layer <= {total}."
+                )
+            self.decoder_layers = 0
+        else:
+            if self.split_layer < 1:
+                raise ConfigError(f"split_layer={self.split_layer} must be at least 1.")
+            if not self.decoder_layers or self.decoder_layers < 1:
+                raise ConfigError("decoder='transformer' needs decoder_layers >= 1, e.g. decoder_layers=2.")
+        if self.decoder == "linear" and self.bottleneck == "sentence":
+            raise ConfigError("bottleneck='sentence' needs a decoder with attention; use decoder='transformer'.")
+        wanted = self.split_layer + self.decoder_layers
+        if wanted != total:
+            self.base_config = with_num_layers(base, wanted)
+        self.tie_word_embeddings = bool(getattr(self.base_config, "tie_word_embeddings", True))
+
+    @property
+    def hidden_size(self) -> int:
+        return int(getattr(self.base_config, "hidden_size", None) or self.base_config.dim)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.base_config.vocab_size)
+
+    @property
+    def code_dim(self) -> int:
+        """Width of the code: the bottleneck's when there is one, else the hidden size."""
+        return self.bottleneck_dim if self.bottleneck == "projection" else self.hidden_size

@@ -1,0 +1,304 @@
+"""MaskAE: any stock transformer encoder split at layer N into an encoder and a decoder.
+
+    ids ──▶ embeddings + layers[0:N] ──▶ code ──▶ (bottleneck) ──▶ decoder layers ──▶ MLM head ──▶ logits
+
+The encoder is the stock base model (e.g. `BertModel`) with N layers; the decoder is a list of
+layers of the same stock class; the head is the stock MLM head. maskae runs those stock modules
+itself, so a bottleneck-free model is, weight for weight, a stock `*ForMaskedLM`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import AutoConfig, AutoModelForMaskedLM, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .backbones import Backbone, get_backbone
+from .configuration_maskae import MaskAEConfig, num_layers, with_num_layers
+from .errors import CheckpointError, ConfigError
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class MaskAEModelOutput(ModelOutput):
+    """code: [batch, seq, code_dim], or [batch, code_dim] with the sentence bottleneck.
+    last_hidden_state: the top encoder layer's output, before any bottleneck.
+    hidden_states: embeddings and each encoder layer's output (when asked for)."""
+
+    code: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class MaskAEMaskedLMOutput(ModelOutput):
+    """logits: [batch, seq, vocab], or [num_targets, vocab] under sparse prediction with labels.
+    hidden_states: embeddings, encoder layers, then decoder layers (when asked for)."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    code: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, how: str) -> torch.Tensor:
+    """Mean over real tokens, or the first token."""
+    if how == "cls":
+        return hidden[:, 0]
+    if attention_mask is None:
+        return hidden.mean(dim=1)
+    weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+
+
+class MaskAEPreTrainedModel(PreTrainedModel):
+    config_class = MaskAEConfig
+    base_model_prefix = "maskae"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_attention_backend = True
+
+    def __init__(self, config: MaskAEConfig, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        # The stock layers read the attention implementation from the stock config.
+        config.base_config._attn_implementation = config._attn_implementation
+
+    @property
+    def backbone_adapter(self) -> Backbone:
+        return get_backbone(self.config.base_config)
+
+    def _stock_model(self) -> PreTrainedModel:
+        return self.maskae.backbone if hasattr(self, "maskae") else self.backbone
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # The stock family's own initialisation (BERT's normal(0.02), ModernBERT's truncated normals, ...).
+        self._stock_model()._init_weights(module)
+
+
+class MaskAEModel(MaskAEPreTrainedModel):
+    """The encoder: stock embeddings and the first `split_layer` layers, plus the bottleneck's way down."""
+
+    def __init__(self, config: MaskAEConfig):
+        super().__init__(config)
+        adapter = get_backbone(config.base_config)
+        encoder_config = with_num_layers(config.base_config, config.split_layer)
+        self.backbone = adapter.make_base(encoder_config)
+        self.rotary = adapter.make_rotary(config.base_config)
+        self.down = nn.Linear(config.hidden_size, config.bottleneck_dim) if config.bottleneck == "projection" else None
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.backbone.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.backbone.set_input_embeddings(value)
+
+    def layers(self) -> nn.ModuleList:
+        return self.backbone_adapter.layers(self.backbone)
+
+    def run(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        num_layers: int | None = None,
+        output_hidden_states: bool = False,
+    ) -> tuple[torch.Tensor, list[torch.Tensor], dict]:
+        """Embeddings and the first `num_layers` layers (all encoder layers by default: early exit for
+        embeddings). Returns the top hidden state, the states on the way, and the per-layer context
+        (masks, rotary embeddings) that the decoder reuses."""
+        adapter = self.backbone_adapter
+        hidden = adapter.embed(self.backbone, input_ids, token_type_ids)
+        context = adapter.context(self.backbone, self.rotary, hidden, attention_mask)
+        states = [hidden] if output_hidden_states else []
+        depth = self.config.split_layer if num_layers is None else num_layers
+        for layer in self.layers()[:depth]:
+            hidden = adapter.run_layer(layer, hidden, context)
+            if output_hidden_states:
+                states.append(hidden)
+        if adapter.final_norm and depth == self.config.split_layer + self.config.decoder_layers:
+            # The top of the whole stack is normalised, as the stock model's last hidden state is.
+            hidden = getattr(self.backbone, adapter.final_norm)(hidden)
+            if output_hidden_states:
+                states[-1] = hidden
+        return hidden, states, context
+
+    def encode(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """Top encoder state -> code (through the bottleneck, if any)."""
+        if self.config.bottleneck == "projection":
+            return self.down(hidden)
+        if self.config.bottleneck == "sentence":
+            return pool(hidden, attention_mask, self.config.pooling)
+        return hidden
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MaskAEModelOutput | tuple:
+        hidden, states, _ = self.run(input_ids, attention_mask, token_type_ids, output_hidden_states=bool(output_hidden_states))
+        output = MaskAEModelOutput(
+            code=self.encode(hidden, attention_mask),
+            last_hidden_state=hidden,
+            hidden_states=tuple(states) if output_hidden_states else None,
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+
+class MaskAEForMaskedLM(MaskAEPreTrainedModel):
+    """Encoder + decoder + stock MLM head, trained to reconstruct the clean tokens from a noisy input."""
+
+    def __init__(self, config: MaskAEConfig):
+        adapter = get_backbone(config.base_config)
+        head_key = f"head.{adapter.head_output}"
+        self._tied_weights_keys = {f"{head_key}.weight": f"maskae.backbone.{adapter.word_embeddings}.weight"}
+        self._tied_weights_keys.update({f"head.{t}": f"head.{s}" for t, s in adapter.tied_extra})
+        super().__init__(config)
+        self.maskae = MaskAEModel(config)
+        split = config.split_layer
+        self.decoder = nn.ModuleList(
+            adapter.make_layer(config.base_config, split + i) for i in range(config.decoder_layers)
+        )
+        self.up = nn.Linear(config.bottleneck_dim, config.hidden_size) if config.bottleneck == "projection" else None
+        self.head = adapter.build_head(config.base_config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.maskae.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.maskae.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.head.get_submodule(self.backbone_adapter.head_output)
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        parent, _, name = self.backbone_adapter.head_output.rpartition(".")
+        setattr(self.head.get_submodule(parent) if parent else self.head, name, value)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        decoder_input_ids: torch.Tensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MaskAEMaskedLMOutput | tuple:
+        r"""
+        labels: original ids at the positions to reconstruct, -100 elsewhere. With the sentence
+            bottleneck they refer to `decoder_input_ids` (the heavily masked copy the decoder reads).
+        decoder_input_ids / decoder_attention_mask: the decoder's own input (sentence bottleneck only;
+            defaults to `input_ids`).
+        """
+        config, adapter = self.config, self.backbone_adapter
+        want_states = bool(output_hidden_states)
+        hidden, states, context = self.maskae.run(input_ids, attention_mask, token_type_ids, output_hidden_states=want_states)
+        code = self.maskae.encode(hidden, attention_mask)
+
+        if config.bottleneck == "sentence":
+            if decoder_input_ids is None:
+                decoder_input_ids, decoder_attention_mask = input_ids, attention_mask
+            embedded = adapter.embed(self.maskae.backbone, decoder_input_ids)
+            # The decoder sees the text only through the sentence vector, in place of the first token.
+            hidden = torch.cat([code.unsqueeze(1), embedded[:, 1:]], dim=1)
+            context = adapter.context(self.maskae.backbone, self.maskae.rotary, hidden, decoder_attention_mask)
+        elif config.bottleneck == "projection":
+            hidden = self.up(code)
+
+        for layer in self.decoder:
+            hidden = adapter.run_layer(layer, hidden, context)
+            if want_states:
+                states.append(hidden)
+        if adapter.final_norm and len(self.decoder):
+            hidden = getattr(self.maskae.backbone, adapter.final_norm)(hidden)
+            if want_states:
+                states[-1] = hidden
+
+        if labels is not None and config.sparse_prediction:
+            # Project to the vocabulary only where there is something to predict.
+            labels = labels.reshape(-1)
+            keep = labels != IGNORE_INDEX
+            hidden, labels = hidden.reshape(-1, hidden.shape[-1])[keep], labels[keep]
+        logits = self.head(hidden)
+
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX)
+        output = MaskAEMaskedLMOutput(
+            loss=loss, logits=logits, code=code, hidden_states=tuple(states) if want_states else None
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+    @classmethod
+    def from_backbone(
+        cls,
+        name_or_path: str,
+        split_layer: int,
+        decoder: str = "layers",
+        decoder_layers: int | None = None,
+        bottleneck: str | None = None,
+        bottleneck_dim: int | None = None,
+        pooling: str = "mean",
+        **kwargs,
+    ) -> "MaskAEForMaskedLM":
+        """Split a stock checkpoint (local directory or Hub id) at `split_layer`, reusing its weights.
+
+        A checkpoint without an MLM head (e.g. a sentence-transformers `BertModel`) gets a fresh
+        head tied to its word embeddings. Extra `kwargs` go to the `MaskAEConfig`.
+        """
+        try:
+            stock_config = AutoConfig.from_pretrained(name_or_path)
+        except (OSError, ValueError) as error:
+            raise CheckpointError(
+                f"cannot load a model config from {name_or_path!r} ({error}); pass a directory with a "
+                "config.json or a Hub model id."
+            ) from None
+        adapter = get_backbone(stock_config)
+        total = num_layers(stock_config)
+        if not 1 <= split_layer <= total:
+            raise ConfigError(
+                f"split_layer={split_layer} is out of range for {name_or_path!r}, which has {total} layers; "
+                f"choose 1 <= split_layer <= {total}."
+            )
+        stock = AutoModelForMaskedLM.from_pretrained(name_or_path)
+        config = MaskAEConfig(
+            base_config=stock.config.to_dict(),
+            split_layer=split_layer,
+            decoder=decoder,
+            decoder_layers=decoder_layers if decoder == "transformer" else None,
+            bottleneck=bottleneck,
+            bottleneck_dim=bottleneck_dim,
+            pooling=pooling,
+            **kwargs,
+        )
+        model = cls(config)
+        kept = model.state_dict()
+        state = {}
+        for key, value in stock.state_dict().items():
+            new_key = adapter.maskae_key(key, split_layer)
+            if new_key in kept and kept[new_key].shape == value.shape:
+                state[new_key] = value
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        fresh = ("decoder.", "maskae.down.", "up.") if decoder == "transformer" else ("maskae.down.", "up.")
+        not_loaded = [k for k in missing if not k.startswith(fresh) and k not in model.all_tied_weights_keys]
+        if not_loaded:
+            raise CheckpointError(
+                f"{name_or_path!r} lacks weights that maskae expected ({', '.join(not_loaded[:3])}...); "
+                "the checkpoint may be truncated or of another architecture."
+            )
+        model.tie_weights()
+        return model.to(stock.dtype)
