@@ -1,0 +1,273 @@
+"""Seeded, vectorised noise on padded batches of token ids.
+
+Every function is pure: it reads id tensors and a `torch.Generator` and returns new tensors, with
+no Python loop over tokens. `eligible` marks the positions that may be corrupted (real tokens
+that are not special tokens), so special tokens and padding can never become targets.
+
+Selection follows BERT's `create_pretraining_data.py`: a row with n eligible tokens gets a budget
+of `mask_prob * n` tokens (rounded stochastically, so the expected fraction is exact, and at least
+one token per non-empty row so that no row is without a target).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+
+from .errors import ConfigError
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class NoiseConfig:
+    """How to corrupt the input. Build it in code, or from a recipe's dict with `NoiseConfig.from_dict`.
+
+    mask_prob: fraction of eligible tokens selected as targets.
+    mask_token_frac / random_token_frac: of the selected tokens, the share replaced by the mask token
+        and by a random token; the rest stay unchanged (BERT's 80/10/10).
+    whole_word: select all pieces of a word together (WordPiece `##`, byte-level BPE `Ġ`, SentencePiece `▁`).
+    span_lambda: when set, select contiguous spans whose lengths follow Poisson(span_lambda) (SpanBERT/BART).
+    delete_prob / substitute_prob: share of the encoder's remaining tokens deleted or replaced by a random
+        token (TSDAE-style noise for the sentence bottleneck; deletion needs `decoder_mask_prob`).
+    decoder_mask_prob: sentence bottleneck only; the share of the decoder's clean copy replaced by the mask
+        token. The labels then refer to that copy.
+    """
+
+    mask_prob: float = 0.15
+    mask_token_frac: float = 0.8
+    random_token_frac: float = 0.1
+    whole_word: bool = False
+    span_lambda: float | None = None
+    delete_prob: float = 0.0
+    substitute_prob: float = 0.0
+    decoder_mask_prob: float | None = None
+
+    def __post_init__(self) -> None:
+        def check_unit(name: str, value: Any, low_open: bool) -> None:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not ok or not ((0 < value if low_open else 0 <= value) and value < 1):
+                interval = "(0, 1)" if low_open else "[0, 1)"
+                raise ConfigError(f"noise.{name}={value!r} is outside {interval}; set it to e.g. 0.15.")
+
+        corrupts_otherwise = bool(self.delete_prob) or bool(self.substitute_prob)
+        check_unit("mask_prob", self.mask_prob, low_open=not corrupts_otherwise)
+        check_unit("delete_prob", self.delete_prob, low_open=False)
+        check_unit("substitute_prob", self.substitute_prob, low_open=False)
+        for name in ("mask_token_frac", "random_token_frac"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise ConfigError(f"noise.{name}={value!r} is outside [0, 1]; BERT uses 0.8 and 0.1.")
+        if self.mask_token_frac + self.random_token_frac > 1 + 1e-9:
+            raise ConfigError(
+                f"noise.mask_token_frac + noise.random_token_frac = "
+                f"{self.mask_token_frac + self.random_token_frac:g} exceeds 1; lower one of them (BERT: 0.8 + 0.1)."
+            )
+        if self.span_lambda is not None and not (isinstance(self.span_lambda, (int, float)) and self.span_lambda > 0):
+            raise ConfigError(f"noise.span_lambda={self.span_lambda!r} must be a positive number (SpanBERT-like: 3).")
+        if self.decoder_mask_prob is not None:
+            check_unit("decoder_mask_prob", self.decoder_mask_prob, low_open=True)
+        elif self.delete_prob:
+            raise ConfigError(
+                "noise.delete_prob shifts positions, so labels can only refer to a separate decoder copy; "
+                "set noise.decoder_mask_prob (e.g. 0.6) or set delete_prob to 0."
+            )
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> NoiseConfig:
+        """Build from a recipe's `noise:` mapping; unknown keys are errors, not silently ignored."""
+        values = dict(values or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown noise key(s) {', '.join(unknown)}; valid keys are {', '.join(sorted(known))}.")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _budget(count: torch.Tensor, prob: float, generator: torch.Generator) -> torch.Tensor:
+    """Stochastically rounded `prob * count` per row, at least 1 where count > 0 (as BERT does)."""
+    jitter = torch.rand(count.shape, generator=generator, device=count.device)
+    budget = torch.floor(count * prob + jitter)
+    return torch.minimum(torch.clamp(budget, min=1), count.to(budget.dtype))
+
+
+def _random_order(valid: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Rank of each valid unit in a uniformly random order per row; invalid units rank last."""
+    scores = torch.rand(valid.shape, generator=generator, device=valid.device)
+    scores = scores.masked_fill(~valid, 2.0)
+    return scores.argsort(dim=1).argsort(dim=1)
+
+
+def select_tokens(eligible: torch.Tensor, prob: float, generator: torch.Generator) -> torch.Tensor:
+    """Select `prob` of each row's eligible tokens uniformly at random (exact budget per row)."""
+    budget = _budget(eligible.sum(1), prob, generator)
+    return (_random_order(eligible, generator) < budget[:, None]) & eligible
+
+
+def word_ids_from_starts(word_start: torch.Tensor, eligible: torch.Tensor) -> torch.Tensor:
+    """Number words along each row: a word starts at a start piece or after a non-eligible token; -1 off words."""
+    previous_eligible = torch.nn.functional.pad(eligible[:, :-1], (1, 0), value=False)
+    starts = eligible & (word_start | ~previous_eligible)
+    ids = starts.long().cumsum(1) - 1
+    return ids.masked_fill(~eligible, -1)
+
+
+def word_ids_from_continuation(
+    input_ids: torch.Tensor, is_continuation: torch.Tensor, eligible: torch.Tensor
+) -> torch.Tensor:
+    """Word ids from a per-vocabulary table saying which pieces continue the previous word (`##x`, not `Ġx`)."""
+    return word_ids_from_starts(~is_continuation[input_ids], eligible)
+
+
+def _units_to_tokens(word_ids: torch.Tensor, chosen_units: torch.Tensor) -> torch.Tensor:
+    """Broadcast a per-word choice [batch, words] back onto the tokens of each word."""
+    safe = word_ids.clamp(min=0)
+    return chosen_units.gather(1, safe) & (word_ids >= 0)
+
+
+def _word_lengths(word_ids: torch.Tensor) -> torch.Tensor:
+    num_words = int(word_ids.max().item()) + 1 if word_ids.numel() else 0
+    lengths = torch.zeros(word_ids.shape[0], max(num_words, 1), dtype=torch.long, device=word_ids.device)
+    lengths.scatter_add_(1, word_ids.clamp(min=0), (word_ids >= 0).long())
+    return lengths
+
+
+def select_whole_words(word_ids: torch.Tensor, prob: float, generator: torch.Generator) -> torch.Tensor:
+    """Select whole words until `prob` of the eligible tokens is covered.
+
+    Words are taken in random order; a word is kept while the budget reaches past its middle, so the
+    covered count is unbiased instead of always stopping short (or long) of the budget.
+    """
+    lengths = _word_lengths(word_ids).float()
+    valid = lengths > 0
+    budget = _budget(lengths.sum(1), prob, generator)
+    order = _random_order(valid, generator)
+    length_in_order = torch.zeros_like(lengths).scatter_(1, order, lengths)
+    before_in_order = length_in_order.cumsum(1) - length_in_order
+    before = before_in_order.gather(1, order)
+    chosen = valid & (before + lengths / 2 < budget[:, None])
+    # At least one word per non-empty row, like the token-level budget.
+    first = valid & (order == 0)
+    return _units_to_tokens(word_ids, chosen | first)
+
+
+def select_spans(
+    eligible: torch.Tensor,
+    prob: float,
+    span_lambda: float,
+    generator: torch.Generator,
+    word_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Select non-overlapping spans with Poisson(`span_lambda`) lengths covering `prob` of each row.
+
+    Spans are laid out over the eligible units (tokens, or whole words when `word_ids` is given) in
+    the order they come: m spans of lengths l_i and the n - sum(l) untouched units are arranged
+    uniformly at random, with at least one untouched unit after each span so that spans never merge
+    and each masked run is one span. Zero-length draws are skipped, so run lengths follow the
+    zero-truncated Poisson with mean `span_lambda / (1 - exp(-span_lambda))`.
+    """
+    if word_ids is None:
+        unit_ids = (eligible.long().cumsum(1) - 1).masked_fill(~eligible, -1)
+    else:
+        unit_ids = word_ids
+    batch, device = eligible.shape[0], eligible.device
+    units = (unit_ids.max(1).values + 1).clamp(min=0) if unit_ids.shape[1] else torch.zeros(batch, dtype=torch.long)
+    target = units.float() * prob
+    most = int(units.max()) if batch else 0
+    max_spans = int(math.ceil(prob * most / (1 - math.exp(-span_lambda)))) * 2 + 8
+    lengths = torch.poisson(torch.full((batch, max_spans), float(span_lambda), device=device), generator=generator)
+    lengths = torch.minimum(lengths.long(), units[:, None])
+    positive = lengths > 0
+    covered_before = lengths.cumsum(1) - lengths
+    spans_before = positive.long().cumsum(1) - positive.long()
+    # Keep spans while the budget reaches past the span's middle (the first one always, as BERT keeps
+    # at least one target) and while the span and its trailing gap still fit in the row plus one
+    # virtual unit at its end.
+    wanted = (covered_before + lengths / 2 < target[:, None]) | (spans_before == 0)
+    fits = covered_before + lengths + spans_before + 1 <= units[:, None] + 1
+    keep = positive & ((wanted & fits) | ~positive).long().cumprod(1).bool()
+    num_spans = keep.sum(1)
+    # Kept spans moved to the front, in order.
+    compact_lengths = (lengths * keep).gather(1, (~keep).long().argsort(dim=1, stable=True))
+    # Arrange the items uniformly: each span with its trailing gap is one item, and so is every other
+    # untouched unit (counting the virtual one).
+    items = units + 1 - compact_lengths.sum(1)
+    max_items = int(items.max()) if batch else 1
+    index = torch.arange(max_items, device=device).expand(batch, -1)
+    item_valid = index < items[:, None]
+    is_span_item = (_random_order(item_valid, generator) < num_spans[:, None]) & item_valid
+    span_item_index = index.masked_fill(~is_span_item, max_items).sort(1).values
+    span_item_index = torch.nn.functional.pad(span_item_index, (0, max(max_spans - max_items, 0)))[:, :max_spans]
+    in_use = torch.arange(max_spans, device=device)[None, :] < num_spans[:, None]
+    starts = (span_item_index + compact_lengths.cumsum(1) - compact_lengths) * in_use
+    change = torch.zeros(batch, most + 2, dtype=torch.long, device=device)
+    change.scatter_add_(1, starts, in_use.long())
+    change.scatter_add_(1, (starts + compact_lengths) * in_use, -in_use.long())
+    covered_units = change.cumsum(1)[:, : most + 1] > 0
+    return _units_to_tokens(unit_ids, covered_units)
+
+
+def apply_mask(
+    input_ids: torch.Tensor,
+    selected: torch.Tensor,
+    mask_token_id: int,
+    random_ids: torch.Tensor,
+    generator: torch.Generator,
+    mask_token_frac: float = 0.8,
+    random_token_frac: float = 0.1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's corruption of the selected positions; returns (corrupted ids, labels).
+
+    Labels hold the original id at selected positions and -100 elsewhere; `random_ids` is the pool
+    random replacements are drawn from (the vocabulary without special tokens).
+    """
+    labels = input_ids.masked_fill(~selected, IGNORE_INDEX)
+    draw = torch.rand(input_ids.shape, generator=generator, device=input_ids.device)
+    to_mask = selected & (draw < mask_token_frac)
+    to_random = selected & (draw >= mask_token_frac) & (draw < mask_token_frac + random_token_frac)
+    corrupted = input_ids.masked_fill(to_mask, mask_token_id)
+    return substitute(corrupted, to_random, random_ids, generator), labels
+
+
+def substitute(
+    input_ids: torch.Tensor, positions: torch.Tensor, random_ids: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """Replace `positions` with ids drawn uniformly from `random_ids`."""
+    picks = torch.randint(len(random_ids), input_ids.shape, generator=generator, device=input_ids.device)
+    return torch.where(positions, random_ids.to(input_ids.device)[picks], input_ids)
+
+
+def delete_tokens(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor, pad_token_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop `positions` from each row, shift the rest left and re-pad to the longest remaining row."""
+    keep = attention_mask.bool() & ~positions
+    lengths = keep.sum(1)
+    width = max(int(lengths.max()) if lengths.numel() else 0, 1)
+    # A stable sort on "not kept" moves kept tokens to the front in their original order.
+    order = (~keep).long().argsort(dim=1, stable=True)[:, :width]
+    shifted = input_ids.gather(1, order)
+    new_mask = (torch.arange(width, device=input_ids.device)[None, :] < lengths[:, None]).long()
+    return shifted.masked_fill(new_mask == 0, pad_token_id), new_mask
+
+
+def select(
+    config: NoiseConfig,
+    eligible: torch.Tensor,
+    generator: torch.Generator,
+    word_ids: torch.Tensor | None = None,
+    prob: float | None = None,
+) -> torch.Tensor:
+    """The positions `config` selects: tokens, whole words (when `word_ids` is given) or Poisson spans."""
+    prob = config.mask_prob if prob is None else prob
+    if config.span_lambda is not None:
+        return select_spans(eligible, prob, config.span_lambda, generator, word_ids=word_ids)
+    if word_ids is not None:
+        return select_whole_words(word_ids, prob, generator)
+    return select_tokens(eligible, prob, generator)
