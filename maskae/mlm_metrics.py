@@ -1,0 +1,87 @@
+"""Masked-LM figures on held-out text: masked-token accuracy, loss and perplexity over the masked
+positions, and pseudo-perplexity (each token masked alone, Salazar et al., 2020).
+
+The arithmetic lives in the `masked_accuracy` evaluate module shipped in maskae/metrics/; this
+module runs the model and feeds it. Every process runs the same batches (no gather needed, and
+sharded FSDP models see the same collective calls on every rank).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import evaluate
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+IGNORE_INDEX = -100
+METRIC_PATH = Path(__file__).parent / "metrics" / "masked_accuracy" / "masked_accuracy.py"
+
+
+def load_masked_accuracy() -> evaluate.EvaluationModule:
+    """The shipped metric, loaded by path and kept in memory (no cache files shared between processes)."""
+    return evaluate.load(str(METRIC_PATH), keep_in_memory=True)
+
+
+def target_logits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, labels) at the target positions only, whether or not the model predicted sparsely."""
+    flat_labels = labels.reshape(-1)
+    keep = flat_labels != IGNORE_INDEX
+    if logits.dim() == 2 and logits.shape[0] == int(keep.sum()):
+        return logits, flat_labels[keep]  # sparse prediction: already gathered, in row-major order
+    return logits.reshape(-1, logits.shape[-1])[keep], flat_labels[keep]
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def masked_lm_metrics(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
+    """Accuracy, loss and perplexity over the labelled positions of already-noised batches."""
+    was_training = model.training
+    model.eval()
+    metric, device = load_masked_accuracy(), _device_of(model)
+    for batch in batches:
+        batch = {key: value.to(device) for key, value in batch.items()}
+        logits, labels = target_logits(model(**batch).logits, batch["labels"])
+        losses = F.cross_entropy(logits.float(), labels, reduction="none")
+        metric.add_batch(predictions=logits.argmax(-1).tolist(), references=labels.tolist(), losses=losses.tolist())
+    model.train(was_training)
+    result = metric.compute()
+    return {"masked_accuracy": result["accuracy"], "masked_loss": result["loss"], "perplexity": result["perplexity"]}
+
+
+@torch.no_grad()
+def pseudo_perplexity(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    mask_token_id: int,
+    special_ids: Iterable[int],
+    batch_size: int = 64,
+) -> dict[str, float]:
+    """exp of the mean, over every real non-special token, of -log p(token | all others), each token
+    masked alone; also the accuracy of those one-at-a-time predictions."""
+    was_training = model.training
+    model.eval()
+    metric, device = load_masked_accuracy(), _device_of(model)
+    special = torch.tensor(sorted(set(special_ids)), dtype=torch.long)
+    scored = attention_mask.bool() & ~torch.isin(input_ids, special)
+    rows, columns = scored.nonzero(as_tuple=True)
+    for start in range(0, len(rows), batch_size):
+        row, column = rows[start : start + batch_size], columns[start : start + batch_size]
+        copies, mask = input_ids[row].clone(), attention_mask[row]
+        arange = torch.arange(len(row))
+        labels = torch.full_like(copies, IGNORE_INDEX)
+        labels[arange, column] = copies[arange, column]
+        copies[arange, column] = mask_token_id
+        batch = {"input_ids": copies.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+        logits, targets = target_logits(model(**batch).logits, batch["labels"])
+        losses = F.cross_entropy(logits.float(), targets, reduction="none")
+        metric.add_batch(predictions=logits.argmax(-1).tolist(), references=targets.tolist(), losses=losses.tolist())
+    model.train(was_training)
+    result = metric.compute()
+    return {"pseudo_perplexity": result["perplexity"], "pseudo_accuracy": result["accuracy"]}
