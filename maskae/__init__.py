@@ -13,11 +13,17 @@ from .errors import (
     UnsupportedBackboneError,
 )
 from .export import export_stock
+from .hub import save_for_hub
+from .embeddings import Embedder, embed
 from .modeling_maskae import MaskAEForMaskedLM, MaskAEModel, MaskAEPreTrainedModel
 
 AutoConfig.register("maskae", MaskAEConfig, exist_ok=True)
 AutoModel.register(MaskAEConfig, MaskAEModel, exist_ok=True)
 AutoModelForMaskedLM.register(MaskAEConfig, MaskAEForMaskedLM, exist_ok=True)
+# save_pretrained / push_to_hub then ship the model code and an auto_map (trust_remote_code without maskae).
+MaskAEConfig.register_for_auto_class()
+MaskAEModel.register_for_auto_class("AutoModel")
+MaskAEForMaskedLM.register_for_auto_class("AutoModelForMaskedLM")
 
 __version__ = "0.1.0"
 
@@ -33,5 +39,8 @@ __all__ = [
     "MaskAEPreTrainedModel",
     "TokenizerError",
     "export_stock",
+    "save_for_hub",
+    "Embedder",
+    "embed",
     "UnsupportedBackboneError",
 ]

@@ -1,0 +1,244 @@
+"""`maskae embed`: embed a corpus of any size into .npy, .parquet or a datasets directory.
+
+The corpus is read lazily and embedded in chunks; each chunk is written as its own parquet shard
+beside the output (`OUT.parts/`) before the next one starts, so memory stays flat however large the
+corpus is, and `--resume` continues after the last shard written. Once every chunk is done the shards
+are joined into OUT, one shard at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from ..embeddings import LAYER_COMBINES, POOLINGS, Embedder
+from ..errors import ConfigError, DataError
+
+MANIFEST = "manifest.json"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "embed",
+        help="embed a text corpus with a MaskAE model or any Hugging Face encoder",
+        description=(
+            "Embed every text of INPUT with MODEL and write one vector per text, in input order. Layer k runs "
+            "only the first k layers. The corpus is processed in chunks written to OUTPUT.parts/, so inputs "
+            "larger than memory work and an interrupted run continues with --resume."
+        ),
+        epilog="example: maskae embed sentence-transformers/all-MiniLM-L6-v2 --input corpus.txt --layer 3 "
+        "--output vectors.npy",
+    )
+    parser.add_argument("model", metavar="MODEL", help="checkpoint directory or Hub id (MaskAE or stock encoder)")
+    parser.add_argument(
+        "--input", required=True, type=Path,
+        help="texts: .txt (one per line), .jsonl, .csv, .tsv, .parquet, or a datasets directory",
+    )
+    parser.add_argument("--text-column", default="text", help="column holding the text (not for .txt; default: text)")
+    parser.add_argument("--split", default="train", help="split of a datasets directory holding a DatasetDict")
+    parser.add_argument(
+        "--output", required=True, type=Path,
+        help="OUT.npy (float32 [n, dim]), OUT.parquet (column 'embedding'), or a directory (datasets save_to_disk)",
+    )
+    parser.add_argument(
+        "--layer", type=_parse_layers, default=None,
+        help="hidden_states index (0 = embeddings, -1 = last), or a comma list such as 4,5,6; "
+        "default: a MaskAE model's code, else the last layer",
+    )
+    parser.add_argument("--layer-combine", choices=LAYER_COMBINES, default="mean", help="how to join several layers")
+    parser.add_argument(
+        "--pooling", choices=POOLINGS, default="mean",
+        help="mean / max over real tokens, cls (first token), or none for per-token vectors (.parquet or a directory)",
+    )
+    parser.add_argument("--normalize", action="store_true", help="L2-normalise every vector")
+    parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: 32)")
+    parser.add_argument("--max-length", type=int, default=None, help="truncate texts to this many tokens")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--chunk-size", type=int, default=10_000, help="texts per chunk written to disk (default: 10000)"
+    )
+    parser.add_argument("--resume", action="store_true", help="continue after the chunks an earlier run wrote")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT and any partial output")
+    parser.set_defaults(func=run)
+
+
+def _parse_layers(value: str) -> int | list[int]:
+    try:
+        layers = [int(part) for part in value.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a layer index or a comma list of them") from None
+    return layers[0] if len(layers) == 1 else layers
+
+
+def read_texts(path: Path, text_column: str = "text", split: str = "train") -> Iterator[str]:
+    """Yield the texts of a corpus file one by one, without loading the whole file."""
+    if not path.exists():
+        raise DataError(f"input {str(path)!r} does not exist; pass a .txt, .jsonl, .csv, .tsv, .parquet file or a datasets directory.")
+    suffix = path.suffix.lower()
+    if path.is_dir():
+        import datasets
+
+        data = datasets.load_from_disk(str(path))
+        if isinstance(data, datasets.DatasetDict):
+            if split not in data:
+                raise DataError(f"{str(path)!r} has no split {split!r}; pass --split with one of {', '.join(data)}.")
+            data = data[split]
+        _check_column(path, text_column, data.column_names)
+        for batch in data.select_columns([text_column]).iter(batch_size=1000):
+            yield from batch[text_column]
+    elif suffix == ".txt":
+        with path.open(encoding="utf-8") as lines:
+            for line in lines:
+                yield line.rstrip("\r\n")
+    elif suffix in (".jsonl", ".json"):
+        with path.open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, start=1):
+                if line.strip():
+                    record = json.loads(line)
+                    if text_column not in record:
+                        raise DataError(f"line {number} of {str(path)!r} has no {text_column!r} key; pass --text-column.")
+                    yield record[text_column]
+    elif suffix in (".csv", ".tsv"):
+        with path.open(encoding="utf-8", newline="") as handle:
+            reader = csv.DictReader(handle, delimiter="\t" if suffix == ".tsv" else ",")
+            _check_column(path, text_column, reader.fieldnames or [])
+            for row in reader:
+                yield row[text_column]
+    elif suffix == ".parquet":
+        parquet = pq.ParquetFile(path)
+        _check_column(path, text_column, parquet.schema_arrow.names)
+        for batch in parquet.iter_batches(columns=[text_column], batch_size=1000):
+            yield from batch.column(0).to_pylist()
+    else:
+        raise DataError(f"cannot read {str(path)!r}: use a .txt, .jsonl, .csv, .tsv or .parquet file, or a datasets directory.")
+
+
+def _check_column(path: Path, column: str, columns: list[str]) -> None:
+    if column not in columns:
+        raise DataError(f"{str(path)!r} has no column {column!r} (it has {', '.join(columns)}); pass --text-column.")
+
+
+def _to_arrow(vectors: np.ndarray) -> pa.Array:
+    """[n, dim] -> fixed-size lists; an object array of [tokens_i, dim] -> lists of fixed-size lists."""
+    if vectors.dtype != object:
+        return pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
+    tokens = np.concatenate(list(vectors))
+    offsets = np.concatenate([[0], np.cumsum([len(v) for v in vectors])]).astype(np.int32)
+    inner = pa.FixedSizeListArray.from_arrays(pa.array(tokens.reshape(-1)), tokens.shape[1])
+    return pa.ListArray.from_arrays(pa.array(offsets), inner)
+
+
+def _shards(parts: Path) -> list[Path]:
+    return sorted(parts.glob("chunk-*.parquet"))
+
+
+def _join_shards(parts: Path, output: Path) -> int:
+    """Join the shards into OUTPUT, one shard in memory at a time; returns the number of rows."""
+    shards = _shards(parts)
+    rows = sum(pq.ParquetFile(shard).metadata.num_rows for shard in shards)
+    if output.suffix.lower() == ".npy":
+        dim = pq.read_schema(shards[0]).field("embedding").type.list_size
+        array = np.lib.format.open_memmap(output, mode="w+", dtype=np.float32, shape=(rows, dim))
+        start = 0
+        for shard in shards:
+            column = pq.read_table(shard).column("embedding").combine_chunks()
+            block = column.flatten().to_numpy().reshape(len(column), dim)
+            array[start : start + len(block)] = block
+            start += len(block)
+        array.flush()
+        del array
+    elif output.suffix.lower() == ".parquet":
+        with pq.ParquetWriter(output, pq.read_schema(shards[0])) as writer:
+            for shard in shards:
+                writer.write_table(pq.read_table(shard))
+    else:
+        import datasets
+
+        dataset = datasets.Dataset.from_parquet([str(s) for s in shards], cache_dir=str(parts / "cache"))
+        dataset.save_to_disk(str(output))
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    output: Path = args.output
+    parts = output.with_name(output.name + ".parts")
+    if args.pooling == "none" and output.suffix.lower() == ".npy":
+        raise ConfigError("--pooling none gives a matrix per text, which .npy cannot hold; write .parquet or a directory.")
+    if args.chunk_size < 1:
+        raise ConfigError(f"--chunk-size {args.chunk_size} must be at least 1.")
+    settings = {
+        "model": args.model,
+        "input": str(args.input.resolve()),
+        "text_column": args.text_column,
+        "split": args.split,
+        "layer": args.layer,
+        "layer_combine": args.layer_combine,
+        "pooling": args.pooling,
+        "normalize": args.normalize,
+        "max_length": args.max_length,
+        "chunk_size": args.chunk_size,
+    }
+    embedder = Embedder.from_pretrained(args.model, device=args.device)
+    embedder.check_request(args.layer, args.pooling, args.layer_combine, args.batch_size)
+    if args.overwrite:
+        shutil.rmtree(parts, ignore_errors=True)
+    elif parts.exists() and not args.resume:
+        raise DataError(
+            f"found partial output of an earlier run in {str(parts)!r}; pass --resume to continue it or "
+            "--overwrite to start over."
+        )
+    elif output.exists() and not (args.resume and parts.exists()):
+        raise DataError(f"{str(output)!r} already exists; pass --overwrite to replace it.")
+    if parts.exists():
+        earlier = json.loads((parts / MANIFEST).read_text())
+        changed = [key for key in settings if earlier.get(key) != settings[key]]
+        if changed:
+            raise DataError(
+                f"cannot resume {str(parts)!r}: it was written with different {', '.join(changed)}; rerun with "
+                "the same settings or pass --overwrite to start over."
+            )
+    else:
+        parts.mkdir(parents=True)
+        (parts / MANIFEST).write_text(json.dumps(settings, indent=2))
+
+    texts = read_texts(args.input, args.text_column, args.split)
+    done = len(_shards(parts))
+    with tqdm(unit="text", desc="embedding", disable=args.quiet) as progress:
+        for index in itertools.count():
+            chunk = list(itertools.islice(texts, args.chunk_size))
+            if not chunk:
+                break
+            if index >= done:
+                vectors = embedder.embed(
+                    chunk,
+                    layer=args.layer,
+                    pooling=args.pooling,
+                    normalize=args.normalize,
+                    batch_size=args.batch_size,
+                    max_length=args.max_length,
+                    layer_combine=args.layer_combine,
+                )
+                shard = parts / f"chunk-{index:05d}.parquet"
+                pq.write_table(pa.table({"embedding": _to_arrow(vectors)}), shard.with_suffix(".tmp"))
+                os.replace(shard.with_suffix(".tmp"), shard)
+            progress.update(len(chunk))
+    if not _shards(parts):
+        shutil.rmtree(parts)
+        raise DataError(f"input {str(args.input)!r} has no texts to embed; pass a non-empty corpus.")
+    if output.exists():
+        shutil.rmtree(output) if output.is_dir() else output.unlink()
+    rows = _join_shards(parts, output)
+    shutil.rmtree(parts)
+    print(f"wrote {rows} embeddings to {output}")
+    return 0
