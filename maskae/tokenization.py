@@ -1,0 +1,108 @@
+"""Train a WordPiece (BERT-style) or byte-level BPE (RoBERTa-style) tokenizer on a corpus with `tokenizers`.
+
+The result is a `PreTrainedTokenizerFast` saved with `save_pretrained`, so `AutoTokenizer` loads it,
+and it always has a mask token for denoising.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from datasets import Dataset
+from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerFast
+
+from .data import load_corpus
+from .errors import ConfigError
+
+KINDS = ("wordpiece", "bpe")
+WORDPIECE_SPECIALS = {
+    "pad_token": "[PAD]",
+    "unk_token": "[UNK]",
+    "cls_token": "[CLS]",
+    "sep_token": "[SEP]",
+    "mask_token": "[MASK]",
+}
+BPE_SPECIALS = {
+    "bos_token": "<s>",
+    "pad_token": "<pad>",
+    "eos_token": "</s>",
+    "unk_token": "<unk>",
+    "mask_token": "<mask>",
+    "cls_token": "<s>",
+    "sep_token": "</s>",
+}
+
+
+def _wordpiece(lowercase: bool, vocab_size: int, min_frequency: int) -> tuple[Tokenizer, trainers.Trainer]:
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase or None)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece(prefix="##")
+    specials = list(WORDPIECE_SPECIALS.values())
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials)
+    return tokenizer, trainer
+
+
+def _bpe(lowercase: bool, vocab_size: int, min_frequency: int) -> tuple[Tokenizer, trainers.Trainer]:
+    tokenizer = Tokenizer(models.BPE())
+    if lowercase:
+        tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    specials = list(dict.fromkeys(BPE_SPECIALS.values()))  # <s> <pad> </s> <unk> <mask>, RoBERTa's ids 0..4
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    return tokenizer, trainer
+
+
+def _batches(corpus: Dataset, batch_size: int = 1000) -> Iterator[list[str]]:
+    for start in range(0, len(corpus), batch_size):
+        yield corpus[start : start + batch_size]["text"]
+
+
+def train_tokenizer(
+    corpus: str | Path,
+    vocab_size: int,
+    out_dir: str | Path,
+    kind: str = "wordpiece",
+    lowercase: bool = True,
+    min_frequency: int = 2,
+    model_max_length: int = 512,
+    text_column: str = "text",
+) -> PreTrainedTokenizerFast:
+    """Train a tokenizer on `corpus` (anything `load_corpus` reads) and save it to `out_dir`.
+
+    "wordpiece" gives BERT's special tokens ([PAD] [UNK] [CLS] [SEP] [MASK]) and a `[CLS] … [SEP]`
+    post-processor; "bpe" gives RoBERTa's byte-level BPE with <s> <pad> </s> <unk> <mask>.
+    """
+    if kind not in KINDS:
+        raise ConfigError(f"unknown tokenizer kind {kind!r}; use one of {', '.join(KINDS)}.")
+    specials = WORDPIECE_SPECIALS if kind == "wordpiece" else BPE_SPECIALS
+    if not isinstance(vocab_size, int) or vocab_size <= len(set(specials.values())):
+        raise ConfigError(f"vocab_size={vocab_size!r} is too small; use more than the special tokens, e.g. 30000.")
+    texts = load_corpus(corpus, text_column=text_column)
+    build = _wordpiece if kind == "wordpiece" else _bpe
+    tokenizer, trainer = build(lowercase, vocab_size, min_frequency)
+    tokenizer.train_from_iterator(_batches(texts), trainer=trainer, length=len(texts))
+    if kind == "wordpiece":
+        cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]",
+            pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+        )
+    else:
+        tokenizer.post_processor = processors.RobertaProcessing(
+            ("</s>", tokenizer.token_to_id("</s>")), ("<s>", tokenizer.token_to_id("<s>")), trim_offsets=True
+        )
+    if kind == "bpe":  # as RoBERTa: "a <mask>" masks the word with its leading space
+        specials = {**specials, "mask_token": AddedToken("<mask>", lstrip=True, special=True)}
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, model_max_length=model_max_length, **specials)
+    fast.save_pretrained(str(out_dir))
+    return fast
