@@ -1,0 +1,158 @@
+"""`maskae export DIR --out HUB_DIR [--stock | --encoder-only]`: a directory ready to upload to the Hub.
+
+DIR is a trained model directory (what `maskae train` writes). Its recipe.yaml and eval_results.json,
+when present, go into the model card: the recipe as the training section, the measured metrics as
+the model-index.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import yaml
+from transformers import AutoTokenizer
+
+from ..errors import CheckpointError, ConfigError
+from ..hub import metric_records, save_for_hub
+from ..modeling_maskae import MaskAEForMaskedLM
+
+# What `maskae train` evaluates on when the recipe names no corpus: the packaged WikiText-2 excerpt.
+PACKAGED_EVAL = {"dataset": "Salesforce/wikitext", "config": "wikitext-2-v1", "split": "validation",
+                 "dataset_name": "WikiText-2 (validation excerpt packaged with maskae)"}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="write a trained model as a directory ready to upload to the Hugging Face Hub",
+        description=(
+            "Write the model in DIR into HUB_DIR with safetensors weights (never pickle), its tokenizer and a "
+            "model card (README.md). By default the model keeps maskae's format and ships its code, so that "
+            "transformers loads it with trust_remote_code=True and no maskae installed; --stock and "
+            "--encoder-only write plain transformers models that need no remote code. DIR/recipe.yaml and "
+            "DIR/eval_results.json, when present, fill the card's training and evaluation sections."
+        ),
+        epilog="example: maskae export runs/tiny --out hub/tiny --dataset Salesforce/wikitext && "
+        "maskae push hub/tiny --repo-id my-org/maskae-tiny",
+    )
+    parser.add_argument("model", metavar="DIR", type=Path, help="trained MaskAE directory (save_pretrained output)")
+    parser.add_argument("--out", required=True, type=Path, metavar="HUB_DIR", help="new or empty directory to write")
+    layout = parser.add_mutually_exclusive_group()
+    layout.add_argument(
+        "--stock", action="store_true",
+        help="the whole autoencoder as the stock *ForMaskedLM (bottleneck-free models only)",
+    )
+    layout.add_argument(
+        "--encoder-only", action="store_true",
+        help="only the encoder, as the stock base model of split_layer layers (no projection bottleneck)",
+    )
+    parser.add_argument("--tokenizer", help="tokenizer directory or Hub id (default: the one saved in DIR)")
+    parser.add_argument("--recipe", type=Path, help="resolved training recipe YAML (default: DIR/recipe.yaml)")
+    parser.add_argument(
+        "--metrics", type=Path,
+        help="measured metrics JSON (default: DIR/eval_results.json): a {metric: value} dict, or a list of "
+        '{"metric", "value", "dataset"[, "split", "config", "layer", "task"]} records',
+    )
+    parser.add_argument(
+        "--eval-dataset",
+        help="Hub dataset id that a {metric: value} dict was measured on (default: the recipe's data.validation "
+        "or data.train, else the packaged WikiText-2 validation excerpt)",
+    )
+    parser.add_argument(
+        "--dataset", dest="datasets", action="append", metavar="ID",
+        help="Hub id of a training dataset for the card (repeatable; default: the recipe's data.train when it is "
+        "a Hub id, Salesforce/wikitext for the packaged corpus)",
+    )
+    parser.add_argument("--plot", dest="plots", action="append", type=Path, default=[], metavar="IMAGE",
+                        help="an image to show in the card, e.g. a loss curve (repeatable)")
+    parser.add_argument("--base-model", help="Hub id of the backbone (default: the recipe's model.backbone if a Hub id)")
+    parser.add_argument("--repo-id", help="the Hub repo this will be pushed to, used in the card's code snippets")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not (args.model / "config.json").is_file():
+        raise CheckpointError(f"{args.model} has no config.json; pass the directory that `maskae train` wrote.")
+    try:
+        model = MaskAEForMaskedLM.from_pretrained(args.model)
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"cannot load a MaskAE model from {args.model} ({error}); pass a maskae model directory.") from None
+    tokenizer = _tokenizer(args)
+    recipe = _yaml_file(args.recipe or args.model / "recipe.yaml", required=args.recipe is not None)
+    data = (recipe or {}).get("data") or {}
+    out = save_for_hub(
+        model.eval(),
+        args.out,
+        tokenizer=tokenizer,
+        metrics=_metrics(args, data),
+        datasets=args.datasets if args.datasets is not None else _training_datasets(data, recipe),
+        recipe=recipe,
+        stock="full" if args.stock else "encoder" if args.encoder_only else None,
+        base_model=args.base_model,
+        repo_id=args.repo_id,
+        plots=args.plots,
+    )
+    print(f"wrote {out}; upload it with: maskae push {out} --repo-id ORG/NAME")
+    return 0
+
+
+def _tokenizer(args: argparse.Namespace):
+    source = args.tokenizer or (args.model if any((args.model / f).is_file() for f in TOKENIZER_FILES) else None)
+    if source is None:
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"cannot load a tokenizer from {source} ({error}); pass one with --tokenizer.") from None
+
+
+def _yaml_file(path: Path, required: bool) -> dict | None:
+    if not path.is_file():
+        if required:
+            raise ConfigError(f"recipe file {path} does not exist; pass the recipe.yaml that training wrote.")
+        return None
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML ({error}); pass the recipe.yaml that training wrote.") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} does not hold a recipe mapping; pass the recipe.yaml that training wrote.")
+    return values
+
+
+def _metrics(args: argparse.Namespace, data: dict) -> list | None:
+    path = args.metrics or args.model / "eval_results.json"
+    if not path.is_file():
+        if args.metrics is not None:
+            raise ConfigError(f"metrics file {path} does not exist; pass a JSON file of measured metrics.")
+        return None
+    try:
+        values = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path} is not valid JSON ({error}); pass a JSON file of measured metrics.") from None
+    if isinstance(values, list):
+        return values
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} holds neither a {{metric: value}} dict nor a list of metric records.")
+    measured_on = data.get("validation") or data.get("train")
+    if args.eval_dataset:
+        where = {"dataset": args.eval_dataset}
+    elif measured_on:
+        split = "validation" if data.get("validation") else "held-out fraction of train"
+        # A local file is named by its file name: the card must not leak this machine's paths.
+        where = {"dataset": Path(measured_on).name if Path(measured_on).exists() else measured_on, "split": split}
+    else:
+        where = PACKAGED_EVAL
+    return metric_records(values, **where)
+
+
+def _training_datasets(data: dict, recipe: dict | None) -> list[str]:
+    if recipe is None:
+        return []
+    train = data.get("train")
+    if not train:
+        return [PACKAGED_EVAL["dataset"]]
+    return [] if Path(train).exists() else [train]
