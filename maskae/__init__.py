@@ -2,6 +2,7 @@
 
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
 
+from .collator import DataCollatorForDenoising
 from .configuration_maskae import MaskAEConfig
 from .errors import (
     CheckpointError,
@@ -16,6 +17,7 @@ from .export import export_stock
 from .hub import save_for_hub
 from .embeddings import Embedder, embed
 from .modeling_maskae import MaskAEForMaskedLM, MaskAEModel, MaskAEPreTrainedModel
+from .noise import NoiseConfig
 
 AutoConfig.register("maskae", MaskAEConfig, exist_ok=True)
 AutoModel.register(MaskAEConfig, MaskAEModel, exist_ok=True)
@@ -28,6 +30,8 @@ MaskAEForMaskedLM.register_for_auto_class("AutoModelForMaskedLM")
 __version__ = "0.1.0"
 
 __all__ = [
+    "DataCollatorForDenoising",
+    "NoiseConfig",
     "CheckpointError",
     "ConfigError",
     "DataError",
