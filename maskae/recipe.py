@@ -201,8 +201,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 value = parsed if isinstance(parsed, list) else [v for v in value.split(",") if v.strip()]
             return [_coerce(v, item, key) for v in value]
     except (TypeError, ValueError):
-        name = getattr(inner, "__name__", str(inner))
-        raise ConfigError(f"recipe key {key} must be a {name}, got {value!r}; fix its value.") from None
+        kinds = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+        kind = kinds.get(inner, "a list" if typing.get_origin(inner) is list else str(inner))
+        raise ConfigError(f"recipe key {key} must be {kind}, got {value!r}; fix its value.") from None
     return value
 
 
@@ -327,11 +328,8 @@ def validate(recipe: Recipe) -> None:
             raise ConfigError(f"recipe key {key} is {value}; it must be at least 1, or empty.")
     if training.lr <= 0:
         raise ConfigError(f"recipe key training.lr is {training.lr}; it must be positive, e.g. 5e-4.")
-    if training.warmup_steps < 0 or training.warmup_steps > training.max_steps:
-        raise ConfigError(
-            f"recipe key training.warmup_steps is {training.warmup_steps}; choose 0 <= warmup_steps <= "
-            f"training.max_steps ({training.max_steps})."
-        )
+    if training.warmup_steps < 0:
+        raise ConfigError(f"recipe key training.warmup_steps is {training.warmup_steps}; it must be 0 or more.")
     if not 0 < data.validation_fraction < 1:
         raise ConfigError(f"recipe key data.validation_fraction is {data.validation_fraction}; choose a value in (0, 1).")
     if model.backbone is None and data.block_size > model.max_position_embeddings:
