@@ -13,7 +13,6 @@ from transformers import AutoModel, AutoTokenizer, BertTokenizerFast
 import maskae
 from maskae import ConfigError, DataError, Embedder, MaskAEForMaskedLM, embed
 from maskae.cli import main
-from maskae.commands import embed as embed_command
 
 ATOL = 1e-4
 
@@ -24,9 +23,9 @@ SENTENCES = [
     "Two dogs run through a field, chasing a red ball that a child threw.",
     "Stocks fell sharply on Monday after the central bank raised interest rates again.",
     "Nobody came.",
-    # longer than all-MiniLM-L6-v2's max_seq_length of 256 tokens: truncation must match
-    "word " * 300,
 ]
+# longer than all-MiniLM-L6-v2's max_seq_length of 256 tokens: truncation must match sentence-transformers'
+LONG = "word " * 300
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +52,10 @@ def mean_pool(hidden, mask):
 def test_mean_normalized_equals_sentence_transformers(minilm_path):
     from sentence_transformers import SentenceTransformer
 
-    expected = SentenceTransformer(str(minilm_path), device="cpu").encode(SENTENCES, batch_size=3)
-    got = embed(minilm_path, SENTENCES, pooling="mean", normalize=True, batch_size=3)
-    assert got.dtype == np.float32 and got.shape == (len(SENTENCES), 384)
+    texts = SENTENCES + [LONG]
+    expected = SentenceTransformer(str(minilm_path), device="cpu").encode(texts, batch_size=3)
+    got = embed(minilm_path, texts, pooling="mean", normalize=True, batch_size=3)
+    assert got.dtype == np.float32 and got.shape == (len(texts), 384)
     assert np.abs(got - expected).max() < ATOL
 
 
@@ -76,7 +76,8 @@ def test_cls_and_max_pooling(minilm, minilm_reference):
     cls = minilm.embed(SENTENCES, pooling="cls", batch_size=3)
     np.testing.assert_allclose(cls, states[6][:, 0].numpy(), atol=ATOL, rtol=0)
     padded = states[6].masked_fill(~mask.bool().unsqueeze(-1), float("-inf"))
-    np.testing.assert_allclose(minilm.embed(SENTENCES, pooling="max", batch_size=3), padded.amax(1).numpy(), atol=ATOL, rtol=0)
+    got = minilm.embed(SENTENCES, pooling="max", batch_size=3)
+    np.testing.assert_allclose(got, padded.amax(1).numpy(), atol=ATOL, rtol=0)
 
 
 def test_none_pooling_gives_each_texts_tokens(minilm, minilm_reference):
@@ -92,7 +93,8 @@ def test_none_pooling_gives_each_texts_tokens(minilm, minilm_reference):
 def test_layer_lists_average_or_concatenate(minilm, minilm_reference):
     states, mask = minilm_reference
     mean = minilm.embed(SENTENCES, layer=[4, 5, 6], batch_size=3)
-    np.testing.assert_allclose(mean, np.mean([mean_pool(states[k], mask) for k in (4, 5, 6)], axis=0), atol=ATOL, rtol=0)
+    expected = np.mean([mean_pool(states[k], mask) for k in (4, 5, 6)], axis=0)
+    np.testing.assert_allclose(mean, expected, atol=ATOL, rtol=0)
     concat = minilm.embed(SENTENCES, layer=[1, -1], layer_combine="concat", batch_size=3)
     expected = np.concatenate([mean_pool(states[1], mask), mean_pool(states[6], mask)], axis=1)
     np.testing.assert_allclose(concat, expected, atol=ATOL, rtol=0)
@@ -217,6 +219,7 @@ def test_cli_writes_npy_in_chunks_equal_to_embed(tiny_bert_dir, tmp_path):
                  "--chunk-size", "4", "--batch-size", "3"]) == 0
     np.testing.assert_allclose(np.load(out), embed(tiny_bert_dir, CORPUS, layer=2), atol=ATOL, rtol=0)
     assert not out.with_name("vectors.npy.parts").exists()
+    assert main(["embed", str(tiny_bert_dir), "--input", str(corpus), "--output", str(out)]) == 2  # no overwrite
 
 
 def test_cli_resumes_after_the_last_written_chunk(tiny_bert_dir, tmp_path, monkeypatch):
@@ -264,18 +267,11 @@ def test_cli_errors_are_one_line(tiny_bert_dir, tmp_path, capsys):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     assert main(["embed", str(tiny_bert_dir), "--input", str(empty), "--output", str(tmp_path / "e.npy")]) == 2
-    assert "has no texts" in capsys.readouterr().err
-    corpus = tmp_path / "c.csv"
-    corpus.write_text("sentence\nw1 w2\n")
+    assert "contains no text" in capsys.readouterr().err
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"sentence": "w1 w2"}\n')
     assert main(["embed", str(tiny_bert_dir), "--input", str(corpus), "--output", str(tmp_path / "c.npy")]) == 2
     assert "no column 'text'" in capsys.readouterr().err
     assert main(["embed", str(tiny_bert_dir), "--input", str(corpus), "--text-column", "sentence",
                  "--output", str(tmp_path / "c.npy"), "--layer", "9"]) == 2
     assert "layer=9 is out of range" in capsys.readouterr().err
-
-
-def test_read_texts_formats(tmp_path):
-    (tmp_path / "a.tsv").write_text('text\tscore\n"A dog in a ""superman"" shirt."\t1\nplain\t2\n')
-    assert list(embed_command.read_texts(tmp_path / "a.tsv")) == ['A dog in a "superman" shirt.', "plain"]
-    pq.write_table(__import__("pyarrow").table({"text": ["x", "y"]}), tmp_path / "b.parquet")
-    assert list(embed_command.read_texts(tmp_path / "b.parquet")) == ["x", "y"]

@@ -9,19 +9,18 @@ are joined into OUT, one shard at a time.
 from __future__ import annotations
 
 import argparse
-import csv
-import itertools
 import json
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from datasets import Dataset
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from ..data import load_corpus
 from ..embeddings import LAYER_COMBINES, POOLINGS, Embedder
 from ..errors import ConfigError, DataError
 
@@ -42,11 +41,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("model", metavar="MODEL", help="checkpoint directory or Hub id (MaskAE or stock encoder)")
     parser.add_argument(
-        "--input", required=True, type=Path,
-        help="texts: .txt (one per line), .jsonl, .csv, .tsv, .parquet, or a datasets directory",
+        "--input", required=True,
+        help="texts: .txt (one per line), .jsonl, .csv, .tsv or .parquet file, a glob or directory of them, a "
+        "datasets directory or a Hub dataset id; blank rows are skipped, as maskae.data.load_corpus does",
     )
     parser.add_argument("--text-column", default="text", help="column holding the text (not for .txt; default: text)")
-    parser.add_argument("--split", default="train", help="split of a datasets directory holding a DatasetDict")
+    parser.add_argument("--split", default="train", help="split of a DatasetDict or Hub dataset (default: train)")
     parser.add_argument(
         "--output", required=True, type=Path,
         help="OUT.npy (float32 [n, dim]), OUT.parquet (column 'embedding'), or a directory (datasets save_to_disk)",
@@ -79,54 +79,6 @@ def _parse_layers(value: str) -> int | list[int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not a layer index or a comma list of them") from None
     return layers[0] if len(layers) == 1 else layers
-
-
-def read_texts(path: Path, text_column: str = "text", split: str = "train") -> Iterator[str]:
-    """Yield the texts of a corpus file one by one, without loading the whole file."""
-    if not path.exists():
-        raise DataError(f"input {str(path)!r} does not exist; pass a .txt, .jsonl, .csv, .tsv, .parquet file or a datasets directory.")
-    suffix = path.suffix.lower()
-    if path.is_dir():
-        import datasets
-
-        data = datasets.load_from_disk(str(path))
-        if isinstance(data, datasets.DatasetDict):
-            if split not in data:
-                raise DataError(f"{str(path)!r} has no split {split!r}; pass --split with one of {', '.join(data)}.")
-            data = data[split]
-        _check_column(path, text_column, data.column_names)
-        for batch in data.select_columns([text_column]).iter(batch_size=1000):
-            yield from batch[text_column]
-    elif suffix == ".txt":
-        with path.open(encoding="utf-8") as lines:
-            for line in lines:
-                yield line.rstrip("\r\n")
-    elif suffix in (".jsonl", ".json"):
-        with path.open(encoding="utf-8") as lines:
-            for number, line in enumerate(lines, start=1):
-                if line.strip():
-                    record = json.loads(line)
-                    if text_column not in record:
-                        raise DataError(f"line {number} of {str(path)!r} has no {text_column!r} key; pass --text-column.")
-                    yield record[text_column]
-    elif suffix in (".csv", ".tsv"):
-        with path.open(encoding="utf-8", newline="") as handle:
-            reader = csv.DictReader(handle, delimiter="\t" if suffix == ".tsv" else ",")
-            _check_column(path, text_column, reader.fieldnames or [])
-            for row in reader:
-                yield row[text_column]
-    elif suffix == ".parquet":
-        parquet = pq.ParquetFile(path)
-        _check_column(path, text_column, parquet.schema_arrow.names)
-        for batch in parquet.iter_batches(columns=[text_column], batch_size=1000):
-            yield from batch.column(0).to_pylist()
-    else:
-        raise DataError(f"cannot read {str(path)!r}: use a .txt, .jsonl, .csv, .tsv or .parquet file, or a datasets directory.")
-
-
-def _check_column(path: Path, column: str, columns: list[str]) -> None:
-    if column not in columns:
-        raise DataError(f"{str(path)!r} has no column {column!r} (it has {', '.join(columns)}); pass --text-column.")
 
 
 def _to_arrow(vectors: np.ndarray) -> pa.Array:
@@ -163,9 +115,7 @@ def _join_shards(parts: Path, output: Path) -> int:
             for shard in shards:
                 writer.write_table(pq.read_table(shard))
     else:
-        import datasets
-
-        dataset = datasets.Dataset.from_parquet([str(s) for s in shards], cache_dir=str(parts / "cache"))
+        dataset = Dataset.from_parquet([str(s) for s in shards], cache_dir=str(parts / "cache"))
         dataset.save_to_disk(str(output))
     return rows
 
@@ -174,12 +124,14 @@ def run(args: argparse.Namespace) -> int:
     output: Path = args.output
     parts = output.with_name(output.name + ".parts")
     if args.pooling == "none" and output.suffix.lower() == ".npy":
-        raise ConfigError("--pooling none gives a matrix per text, which .npy cannot hold; write .parquet or a directory.")
+        raise ConfigError(
+            "--pooling none gives a matrix per text, which .npy cannot hold; write .parquet or a directory instead."
+        )
     if args.chunk_size < 1:
         raise ConfigError(f"--chunk-size {args.chunk_size} must be at least 1.")
     settings = {
         "model": args.model,
-        "input": str(args.input.resolve()),
+        "input": str(Path(args.input).resolve()) if Path(args.input).exists() else args.input,
         "text_column": args.text_column,
         "split": args.split,
         "layer": args.layer,
@@ -189,17 +141,18 @@ def run(args: argparse.Namespace) -> int:
         "max_length": args.max_length,
         "chunk_size": args.chunk_size,
     }
-    embedder = Embedder.from_pretrained(args.model, device=args.device)
-    embedder.check_request(args.layer, args.pooling, args.layer_combine, args.batch_size)
-    if args.overwrite:
-        shutil.rmtree(parts, ignore_errors=True)
-    elif parts.exists() and not args.resume:
+    if parts.exists() and not (args.resume or args.overwrite):
         raise DataError(
             f"found partial output of an earlier run in {str(parts)!r}; pass --resume to continue it or "
             "--overwrite to start over."
         )
-    elif output.exists() and not (args.resume and parts.exists()):
+    if output.exists() and not (args.overwrite or (args.resume and parts.exists())):
         raise DataError(f"{str(output)!r} already exists; pass --overwrite to replace it.")
+    embedder = Embedder.from_pretrained(args.model, device=args.device)
+    embedder.check_request(args.layer, args.pooling, args.layer_combine, args.batch_size)
+    corpus = load_corpus(args.input, args.text_column, streaming=True, split=args.split)
+    if args.overwrite:
+        shutil.rmtree(parts, ignore_errors=True)
     if parts.exists():
         earlier = json.loads((parts / MANIFEST).read_text())
         changed = [key for key in settings if earlier.get(key) != settings[key]]
@@ -212,13 +165,10 @@ def run(args: argparse.Namespace) -> int:
         parts.mkdir(parents=True)
         (parts / MANIFEST).write_text(json.dumps(settings, indent=2))
 
-    texts = read_texts(args.input, args.text_column, args.split)
     done = len(_shards(parts))
     with tqdm(unit="text", desc="embedding", disable=args.quiet) as progress:
-        for index in itertools.count():
-            chunk = list(itertools.islice(texts, args.chunk_size))
-            if not chunk:
-                break
+        for index, batch in enumerate(corpus.iter(batch_size=args.chunk_size)):
+            chunk = batch["text"]
             if index >= done:
                 vectors = embedder.embed(
                     chunk,
@@ -233,9 +183,6 @@ def run(args: argparse.Namespace) -> int:
                 pq.write_table(pa.table({"embedding": _to_arrow(vectors)}), shard.with_suffix(".tmp"))
                 os.replace(shard.with_suffix(".tmp"), shard)
             progress.update(len(chunk))
-    if not _shards(parts):
-        shutil.rmtree(parts)
-        raise DataError(f"input {str(args.input)!r} has no texts to embed; pass a non-empty corpus.")
     if output.exists():
         shutil.rmtree(output) if output.is_dir() else output.unlink()
     rows = _join_shards(parts, output)
