@@ -1,0 +1,153 @@
+"""`maskae evaluate MODEL --task sts|probe|layers --data PATH`: how good are the model's embeddings?"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..embeddings import POOLINGS
+from ..errors import DataError
+
+TASKS = ("sts", "probe", "layers")
+
+EPILOG = """\
+tasks:
+  sts     Spearman correlation x100 between the cosine similarity of each pair's embeddings and the
+          gold score. --data: a tsv with a header and columns sentence1, sentence2, score.
+  probe   accuracy x100 of a logistic-regression probe on frozen, standardised embeddings, for each
+          label budget (a stratified sample of the training pool, averaged over --seeds seeds).
+          --data: a directory holding train.tsv and validation.tsv, or the training tsv itself with
+          --eval-data; columns sentence, label.
+  layers  the --of figure (sts or probe) at every encoder layer (0 = embeddings), as a table and a
+          PNG plot (--output), to find the layer that embeds best.
+
+--baseline adds TF-IDF + truncated SVD (LSA) and PCA of the full-width embeddings, both at width
+--dim (default: the model's code width), so a bottleneck of width d meets the classic linear
+reduction of the same width.
+
+examples:
+  maskae evaluate sentence-transformers/all-MiniLM-L6-v2 --task sts --data stsb/test.tsv
+  maskae evaluate runs/tiny --task probe --data sst2 --budgets 100,1000,all --max-train 10000 --baseline
+  maskae evaluate runs/tiny --task layers --of sts --data stsb/validation.tsv --output layers.png --json
+"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="score a model's embeddings: STS Spearman, few-label probes, per-layer sweeps",
+        description="Score a model's embeddings (a MaskAE model directory or any stock encoder checkpoint).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", metavar="MODEL", help="model directory or Hub id (MaskAE or a stock encoder)")
+    parser.add_argument("--task", required=True, choices=TASKS, help="what to measure (see below)")
+    parser.add_argument("--data", required=True, type=Path, help="the tsv (or, for probe, a directory) to evaluate on")
+    parser.add_argument("--eval-data", type=Path, help="probe: the evaluation tsv when --data is the training tsv")
+    parser.add_argument("--of", choices=("sts", "probe"), default="sts", help="layers: which figure to sweep (default: sts)")
+    parser.add_argument("--layer", type=int, help="hidden state k to embed with (0 = embeddings; default: the code)")
+    parser.add_argument("--pooling", choices=[p for p in POOLINGS if p != "none"], default="mean",
+                        help="how token vectors become one sentence vector (default: mean)")
+    parser.add_argument("--baseline", action="store_true", help="also score LSA and PCA baselines of width --dim")
+    parser.add_argument("--dim", type=int, help="width of the baselines (default: the model's code width)")
+    parser.add_argument("--budgets", default="100,1000,all", help="probe: label budgets, comma-separated (default: 100,1000,all)")
+    parser.add_argument("--seeds", type=int, default=5, help="probe: samples drawn per budget, averaged (default: 5)")
+    parser.add_argument("--max-train", type=int, help="probe: size of the training pool that 'all' means (default: every row)")
+    parser.add_argument("--limit", type=int, help="only the first N evaluation rows (quick checks)")
+    parser.add_argument("--batch-size", type=int, default=32, help="sentences per forward pass (default: 32)")
+    parser.add_argument("--max-length", type=int, help="truncate sentences to this many tokens (default: the model's limit)")
+    parser.add_argument("--output", type=Path, help="layers: where to save the PNG plot (default: layers-<of>.png)")
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
+    parser.set_defaults(func=run)
+
+
+def probe_files(data: Path, eval_data: Path | None) -> tuple[Path, Path]:
+    """(train, eval) tsv paths from --data and --eval-data."""
+    if data.is_dir():
+        return data / "train.tsv", eval_data or data / "validation.tsv"
+    if eval_data is None:
+        raise DataError(f"--data {str(data)!r} is a file, so the probe needs --eval-data too; or pass a directory with train.tsv and validation.tsv.")
+    return data, eval_data
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..evaluation import evaluate_layers, evaluate_probe, evaluate_sts, parse_budgets
+    from ..plotting import plot_layer_curve
+
+    common = dict(
+        pooling=args.pooling, baseline=args.baseline, dim=args.dim, limit=args.limit,
+        batch_size=args.batch_size, max_length=args.max_length,
+    )
+    task = args.of if args.task == "layers" else args.task
+    if task == "sts":
+        data = dict(data=args.data)
+    else:
+        train, eval_ = probe_files(args.data, args.eval_data)
+        data = dict(train=train, eval=eval_, budgets=parse_budgets(args.budgets), seeds=tuple(range(args.seeds)),
+                    max_train=args.max_train)
+    if args.task == "layers":
+        result = evaluate_layers(args.model, task, **data, **common)
+        output = args.output or Path(f"layers-{task}.png")
+        layers = [row["layer"] for row in result["layers"]]
+        if task == "sts":
+            series = {"STS": [row["spearman_x100"] for row in result["layers"]]}
+            ylabel = "STS Spearman x100"
+        else:
+            names = [b["budget"] for b in result["layers"][0]["budgets"]]
+            series = {f"{n} labels": [row["budgets"][i]["accuracy_x100"] for row in result["layers"]] for i, n in enumerate(names)}
+            ylabel = "probe accuracy x100"
+        result["plot"] = str(plot_layer_curve(layers, series, ylabel, output, title=str(args.model)))
+    elif task == "sts":
+        result = evaluate_sts(args.model, layer=args.layer, **data, **common)
+    else:
+        result = evaluate_probe(args.model, layer=args.layer, **data, **common)
+    result["model"] = str(args.model)
+    print(describe(result))
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+def describe(result: dict) -> str:
+    """The figures as a small human-readable table."""
+    if result["task"] == "sts":
+        lines = [f"STS on {result['pairs']} pairs: Spearman x100 of cosine similarity vs gold score"]
+        lines.append(f"  {'model':<8} dim {result['dim']:>5}   {result['spearman_x100']:6.2f}")
+        for name, base in result.get("baselines", {}).items():
+            lines.append(f"  {name:<8} dim {base['dim']:>5}   {base['spearman_x100']:6.2f}")
+        return "\n".join(lines)
+    if result["task"] == "probe":
+        budgets = result["budgets"]
+        lines = [
+            f"linear probe: accuracy x100 on {result['eval_examples']} examples (mean ± std over seeds); "
+            f"'all' = the {result['train_pool']} examples of the training pool"
+        ]
+        lines.append(f"  {'':<8} {'dim':>5}  " + "".join(f"{b['budget'] + ' labels':>18}" for b in budgets))
+        rows = [("model", result["dim"], budgets)]
+        rows += [(name, base["dim"], base["budgets"]) for name, base in result.get("baselines", {}).items()]
+        for name, dim, figures in rows:
+            cells = "".join(f"{b['accuracy_x100']:>11.2f} ± {b['std_x100']:4.2f}" for b in figures)
+            lines.append(f"  {name:<8} {dim:>5}  {cells}")
+        return "\n".join(lines)
+    first = result["layers"][0]
+    what = (
+        f"STS Spearman x100 on {first['pairs']} pairs" if result["of"] == "sts"
+        else f"probe accuracy x100 on {first['eval_examples']} examples ('all' = {first['train_pool']} labels)"
+    )
+    names = [name for name, _ in figure_cells(first)]
+    lines = [f"{what}, by layer (0 = embeddings)", "  layer" + "".join(f"{n:>14}" for n in names)]
+    for row in result["layers"]:
+        lines.append(f"  {row['layer']:>5}" + "".join(f"{value:>14.2f}" for _, value in figure_cells(row)))
+    lines.append(f"best layer: {result['best_layer']} ({result['best']:.2f}); plot: {result['plot']}")
+    return "\n".join(lines)
+
+
+def figure_cells(row: dict) -> list[tuple[str, float]]:
+    """(name, value) of each figure of one sts or probe result, baselines included."""
+    if row["task"] == "sts":
+        return [("model", row["spearman_x100"])] + [(n, b["spearman_x100"]) for n, b in row.get("baselines", {}).items()]
+    cells = [(f"{b['budget']} labels", b["accuracy_x100"]) for b in row["budgets"]]
+    for name, base in row.get("baselines", {}).items():
+        cells += [(f"{name} {b['budget']}", b["accuracy_x100"]) for b in base["budgets"]]
+    return cells

@@ -1,0 +1,332 @@
+"""How good are the embeddings? STS Spearman, few-label linear probes, per-layer sweeps, and the
+classic linear reductions of the same width (LSA, PCA) to compare a bottleneck of size d against.
+
+The figures on arrays (`sts_spearman`, `probe_accuracy`, `lsa_embeddings`, `pca_embeddings`) are
+separate from the model-facing functions (`evaluate_sts`, `evaluate_probe`, `evaluate_layers`) so
+that they can be checked against independent computations on fixed arrays.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import evaluate
+import numpy as np
+from sklearn.decomposition import PCA, TruncatedSVD
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics.pairwise import paired_cosine_distances
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from .embeddings import Embedder
+from .errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
+
+STS_COLUMNS = ("sentence1", "sentence2", "score")
+PROBE_COLUMNS = ("sentence", "label")
+METRICS_DIR = Path(__file__).parent / "metrics"
+DEFAULT_BUDGETS: tuple[int | None, ...] = (100, 1000, None)  # None = every label in the training pool
+DEFAULT_SEEDS = (0, 1, 2, 3, 4)
+
+
+# ---------------------------------------------------------------- data
+
+
+def read_tsv(path: str | Path, columns: Sequence[str], limit: int | None = None) -> dict[str, list[str]]:
+    """The named columns of a tab-separated file with a header, read with a CSV-aware reader
+    (STS-B quotes fields that contain a double quote)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{str(path)!r} is not a file; pass a tab-separated file with a header row.")
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle, delimiter="\t")
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(
+                f"{str(path)!r} lacks the column(s) {', '.join(missing)} (found: {', '.join(reader.fieldnames or [])}); "
+                f"give it a header row with {', '.join(columns)}, tab-separated."
+            )
+        table: dict[str, list[str]] = {c: [] for c in columns}
+        for row in reader:
+            if limit is not None and len(table[columns[0]]) >= limit:
+                break
+            for c in columns:
+                table[c].append(row[c])
+    if not table[columns[0]]:
+        raise DataError(f"{str(path)!r} has a header but no rows; give it at least one data row.")
+    return table
+
+
+def read_sts(path: str | Path, limit: int | None = None) -> tuple[list[str], list[str], np.ndarray]:
+    """(sentence1, sentence2, gold scores) of an STS tsv."""
+    table = read_tsv(path, STS_COLUMNS, limit)
+    try:
+        scores = np.array([float(s) for s in table["score"]])
+    except ValueError as error:
+        raise DataError(f"{str(path)!r} has a non-numeric score ({error}); the score column must hold numbers.") from None
+    return table["sentence1"], table["sentence2"], scores
+
+
+def read_labelled(path: str | Path, limit: int | None = None) -> tuple[list[str], list[str]]:
+    """(sentences, labels) of a labelled tsv; labels are kept as strings (any label set works)."""
+    table = read_tsv(path, PROBE_COLUMNS, limit)
+    return table["sentence"], table["label"]
+
+
+# ---------------------------------------------------------------- figures on arrays
+
+
+@functools.cache
+def load_metric(name: str) -> evaluate.EvaluationModule:
+    """An `evaluate` module shipped in maskae/metrics/, loaded by path: no Hub access needed."""
+    return evaluate.load(str(METRICS_DIR / name))
+
+
+def sts_spearman(embeddings1: np.ndarray, embeddings2: np.ndarray, scores: Sequence[float]) -> float:
+    """Spearman correlation (×1, in [-1, 1]) between the pairs' cosine similarities and the gold scores."""
+    # float64, so that near-ties among the cosines rank the same way in any computation
+    cosine = 1.0 - paired_cosine_distances(np.asarray(embeddings1, np.float64), np.asarray(embeddings2, np.float64))
+    return load_metric("spearman").compute(predictions=cosine, references=scores)["spearmanr"]
+
+
+def budget_name(budget: int | None) -> str:
+    return "all" if budget is None else str(budget)
+
+
+def parse_budgets(text: str) -> tuple[int | None, ...]:
+    """'100,1000,all' -> (100, 1000, None)."""
+    budgets: list[int | None] = []
+    for item in text.split(","):
+        item = item.strip().lower()
+        if item == "all":
+            budgets.append(None)
+        elif item.isdigit() and int(item) > 0:
+            budgets.append(int(item))
+        else:
+            raise ConfigError(f"label budget {item!r} is not a positive integer or 'all'; write e.g. 100,1000,all.")
+    return tuple(budgets)
+
+
+def probe_accuracy(
+    train_x: np.ndarray,
+    train_labels: Sequence,
+    eval_x: np.ndarray,
+    eval_labels: Sequence,
+    budgets: Sequence[int | None] = DEFAULT_BUDGETS,
+    seeds: Sequence[int] = DEFAULT_SEEDS,
+) -> list[dict]:
+    """Accuracy of a logistic-regression probe on standardised frozen features, for each label budget.
+
+    A budget of n labels is a stratified sample of the training pool, drawn once per seed; the
+    figure is the mean (and standard deviation) over seeds. `None` means the whole pool, which
+    involves no sampling, so it is fitted once. Budgets that are not smaller than the pool are the
+    same as the whole pool and are dropped.
+    """
+    classes, train_y = np.unique(np.asarray(train_labels), return_inverse=True)
+    lookup = {label: i for i, label in enumerate(classes)}
+    unseen = sorted({str(label) for label in eval_labels if label not in lookup})
+    if unseen:
+        raise DataError(f"the evaluation labels {', '.join(unseen[:5])} never occur in the training data; use matching label sets.")
+    eval_y = np.array([lookup[label] for label in eval_labels])
+    if len(classes) < 2:
+        raise DataError("the training data has a single label; a probe needs at least two classes.")
+    accuracy = load_metric("probe_accuracy")
+    pool = len(train_y)
+    results = []
+    for budget in budgets:
+        if budget is not None and budget >= pool:
+            logger.warning("label budget %d is not smaller than the training pool (%d); it equals 'all'", budget, pool)
+            continue
+        if budget is not None and budget < len(classes):
+            raise ConfigError(f"label budget {budget} is smaller than the number of classes ({len(classes)}); raise it.")
+        scores = []
+        for seed in seeds if budget is not None else seeds[:1]:
+            if budget is None:
+                x, y = train_x, train_y
+            else:
+                x, _, y, _ = train_test_split(train_x, train_y, train_size=budget, stratify=train_y, random_state=seed)
+            probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
+            probe.fit(x, y)
+            scores.append(accuracy.compute(predictions=probe.predict(eval_x), references=eval_y)["accuracy"])
+        results.append(
+            {
+                "budget": budget_name(budget),
+                "labels": pool if budget is None else budget,
+                "seeds": len(scores),
+                "accuracy_x100": 100 * float(np.mean(scores)),
+                "std_x100": 100 * float(np.std(scores)),
+            }
+        )
+    return results
+
+
+def lsa_embeddings(fit_texts: Sequence[str], texts: Sequence[Sequence[str]], dim: int) -> list[np.ndarray]:
+    """TF-IDF + truncated SVD (latent semantic analysis) at width `dim`, fitted on `fit_texts` and
+    applied to each list in `texts`: the classic linear text embedding of the same size."""
+    tfidf = TfidfVectorizer().fit(fit_texts)
+    vocabulary = len(tfidf.vocabulary_)
+    if dim >= vocabulary:
+        raise ConfigError(f"the LSA baseline needs dim < the TF-IDF vocabulary ({vocabulary} words); lower --dim.")
+    svd = TruncatedSVD(n_components=dim, random_state=0).fit(tfidf.transform(fit_texts))
+    return [svd.transform(tfidf.transform(t)) for t in texts]
+
+
+def pca_embeddings(fit_x: np.ndarray, xs: Sequence[np.ndarray], dim: int) -> list[np.ndarray]:
+    """PCA of full-width embeddings down to `dim`, fitted on `fit_x` and applied to each array of `xs`:
+    the linear reduction that a bottleneck of width `dim` has to beat."""
+    if dim > min(fit_x.shape):
+        raise ConfigError(
+            f"the PCA baseline needs dim <= min(examples, width) = {min(fit_x.shape)}; lower --dim or use more data."
+        )
+    pca = PCA(n_components=dim, random_state=0).fit(fit_x)
+    return [pca.transform(x) for x in xs]
+
+
+# ---------------------------------------------------------------- models
+
+
+def load_embedder(model: str | Path | Embedder) -> Embedder:
+    """Load a checkpoint once: sweeps and baselines embed the same texts at several layers."""
+    return model if isinstance(model, Embedder) else Embedder.from_pretrained(model)
+
+
+def code_width(embedder: Embedder) -> int:
+    """Width of the default embeddings: the bottleneck's for a MaskAE model, the hidden size otherwise."""
+    config = embedder.model.config
+    if embedder.is_maskae:
+        return config.code_dim
+    return int(getattr(config, "hidden_size", None) or config.dim)
+
+
+def full_width(
+    embedder: Embedder, texts: list[str], vectors: np.ndarray, layer: int | None, pooling: str, embed_kwargs: dict
+) -> np.ndarray:
+    """The un-reduced embeddings that the PCA baseline starts from: the hidden state at `layer`, or at
+    the top of the encoder (before any bottleneck) by default; `vectors` when they already are that."""
+    full_layer = embedder.resolve_layers(embedder.num_layers if layer is None else layer)
+    if embedder.resolve_layers(layer) == full_layer:
+        return vectors
+    return embedder.embed(texts, layer=full_layer[0], pooling=pooling, **embed_kwargs)
+
+
+def evaluate_sts(
+    model: str | Path | Embedder,
+    data: str | Path,
+    *,
+    layer: int | None = None,
+    pooling: str = "mean",
+    baseline: bool = False,
+    dim: int | None = None,
+    limit: int | None = None,
+    **embed_kwargs,
+) -> dict:
+    """Spearman ×100 of cosine similarities against the gold scores of an STS tsv.
+
+    With `baseline`, also LSA and PCA of the full-width embeddings at width `dim` (default: the
+    code width), both fitted on the file's own sentences (no scores are used).
+    """
+    first, second, scores = read_sts(data, limit)
+    embedder = load_embedder(model)
+    texts = first + second
+    vectors = embedder.embed(texts, layer=layer, pooling=pooling, **embed_kwargs)
+    n = len(first)
+    result = {
+        "task": "sts",
+        "pairs": n,
+        "layer": layer,
+        "pooling": pooling,
+        "dim": int(vectors.shape[1]),
+        "spearman_x100": 100 * sts_spearman(vectors[:n], vectors[n:], scores),
+    }
+    if baseline:
+        dim = dim or code_width(embedder)
+        (lsa,) = lsa_embeddings(texts, [texts], dim)
+        full = full_width(embedder, texts, vectors, layer, pooling, embed_kwargs)
+        (pca,) = pca_embeddings(full, [full], dim)
+        result["baselines"] = {
+            "lsa": {"dim": dim, "spearman_x100": 100 * sts_spearman(lsa[:n], lsa[n:], scores)},
+            "pca": {"dim": dim, "from_dim": int(full.shape[1]), "spearman_x100": 100 * sts_spearman(pca[:n], pca[n:], scores)},
+        }
+    return result
+
+
+def probe_pool(texts: list[str], labels: list[str], max_train: int | None) -> tuple[list[str], list[str]]:
+    """A stratified random subset (seed 0) of at most `max_train` training examples: the "all" pool."""
+    if max_train is None or max_train >= len(texts):
+        return texts, labels
+    texts, _, labels, _ = train_test_split(texts, labels, train_size=max_train, stratify=labels, random_state=0)
+    return list(texts), list(labels)
+
+
+def evaluate_probe(
+    model: str | Path | Embedder,
+    train: str | Path,
+    eval: str | Path,
+    *,
+    layer: int | None = None,
+    pooling: str = "mean",
+    budgets: Sequence[int | None] = DEFAULT_BUDGETS,
+    seeds: Sequence[int] = DEFAULT_SEEDS,
+    max_train: int | None = None,
+    baseline: bool = False,
+    dim: int | None = None,
+    limit: int | None = None,
+    **embed_kwargs,
+) -> dict:
+    """Linear-probe accuracy ×100 on the `eval` tsv for each label budget drawn from the `train` tsv.
+
+    `max_train` caps the training pool ("all"); `limit` caps the evaluation rows. With `baseline`,
+    also LSA and PCA at width `dim` (default: the code width), fitted on the pool's texts.
+    """
+    train_texts, train_labels = probe_pool(*read_labelled(train), max_train)
+    eval_texts, eval_labels = read_labelled(eval, limit)
+    embedder = load_embedder(model)
+    train_x = embedder.embed(train_texts, layer=layer, pooling=pooling, **embed_kwargs)
+    eval_x = embedder.embed(eval_texts, layer=layer, pooling=pooling, **embed_kwargs)
+    result = {
+        "task": "probe",
+        "train_pool": len(train_texts),
+        "eval_examples": len(eval_texts),
+        "layer": layer,
+        "pooling": pooling,
+        "dim": int(train_x.shape[1]),
+        "budgets": probe_accuracy(train_x, train_labels, eval_x, eval_labels, budgets, seeds),
+    }
+    if baseline:
+        dim = dim or code_width(embedder)
+        lsa_train, lsa_eval = lsa_embeddings(train_texts, [train_texts, eval_texts], dim)
+        full_train = full_width(embedder, train_texts, train_x, layer, pooling, embed_kwargs)
+        full_eval = full_width(embedder, eval_texts, eval_x, layer, pooling, embed_kwargs)
+        pca_train, pca_eval = pca_embeddings(full_train, [full_train, full_eval], dim)
+        result["baselines"] = {
+            "lsa": {"dim": dim, "budgets": probe_accuracy(lsa_train, train_labels, lsa_eval, eval_labels, budgets, seeds)},
+            "pca": {
+                "dim": dim,
+                "from_dim": int(full_train.shape[1]),
+                "budgets": probe_accuracy(pca_train, train_labels, pca_eval, eval_labels, budgets, seeds),
+            },
+        }
+    return result
+
+
+def evaluate_layers(model: str | Path | Embedder, task: str, **kwargs) -> dict:
+    """The `sts` or `probe` figure at every layer (0 = embeddings) of the encoder, and the best one.
+    `kwargs` go to `evaluate_sts` (data=...) or `evaluate_probe` (train=..., eval=...)."""
+    runners = {"sts": evaluate_sts, "probe": evaluate_probe}
+    if task not in runners:
+        raise ConfigError(f"cannot sweep layers for task {task!r}; use one of {', '.join(runners)}.")
+    embedder = load_embedder(model)
+    kwargs.pop("layer", None)
+    rows = [runners[task](embedder, layer=k, **kwargs) for k in range(embedder.num_layers + 1)]
+
+    def headline(row: dict) -> float:
+        return row["spearman_x100"] if task == "sts" else row["budgets"][-1]["accuracy_x100"]
+
+    best = max(rows, key=headline)
+    return {"task": "layers", "of": task, "layers": rows, "best_layer": best["layer"], "best": headline(best)}
