@@ -98,11 +98,11 @@ def train_tokenizer(
             special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
         )
     else:
+        # As RoBERTa: in "a <mask>" the mask token absorbs the space before it.
+        tokenizer.add_special_tokens([AddedToken("<mask>", lstrip=True, special=True)])
         tokenizer.post_processor = processors.RobertaProcessing(
             ("</s>", tokenizer.token_to_id("</s>")), ("<s>", tokenizer.token_to_id("<s>")), trim_offsets=True
         )
-    if kind == "bpe":  # as RoBERTa: "a <mask>" masks the word with its leading space
-        specials = {**specials, "mask_token": AddedToken("<mask>", lstrip=True, special=True)}
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, model_max_length=model_max_length, **specials)
     fast.save_pretrained(str(out_dir))
     return fast
