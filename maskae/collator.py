@@ -164,7 +164,7 @@ class DataCollatorForDenoising:
             config,
             decoder_eligible,
             generator,
-            word_ids=None if word_ids is None else word_ids.masked_fill(~decoder_eligible, -1),
+            word_ids=self._word_ids(input_ids, decoder_eligible, given_word_ids) if config.whole_word else None,
             prob=config.decoder_mask_prob,
         )
         batch = {

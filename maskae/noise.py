@@ -104,10 +104,16 @@ def _random_order(valid: torch.Tensor, generator: torch.Generator) -> torch.Tens
     return scores.argsort(dim=1).argsort(dim=1)
 
 
+def _random_subset(valid: torch.Tensor, count: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """`count[i]` valid units of row i, chosen uniformly: those whose random score is among the row's smallest."""
+    scores = torch.rand(valid.shape, generator=generator, device=valid.device).masked_fill(~valid, 2.0)
+    cutoff = scores.sort(dim=1).values.gather(1, (count.long() - 1).clamp(min=0)[:, None])
+    return valid & (scores <= cutoff) & (count[:, None] > 0)
+
+
 def select_tokens(eligible: torch.Tensor, prob: float, generator: torch.Generator) -> torch.Tensor:
     """Select `prob` of each row's eligible tokens uniformly at random (exact budget per row)."""
-    budget = _budget(eligible.sum(1), prob, generator)
-    return (_random_order(eligible, generator) < budget[:, None]) & eligible
+    return _random_subset(eligible, _budget(eligible.sum(1), prob, generator), generator)
 
 
 def word_ids_from_starts(word_start: torch.Tensor, eligible: torch.Tensor) -> torch.Tensor:
@@ -169,15 +175,16 @@ def select_spans(
     Spans are laid out over the eligible units (tokens, or whole words when `word_ids` is given) in
     the order they come: m spans of lengths l_i and the n - sum(l) untouched units are arranged
     uniformly at random, with at least one untouched unit after each span so that spans never merge
-    and each masked run is one span. Zero-length draws are skipped, so run lengths follow the
-    zero-truncated Poisson with mean `span_lambda / (1 - exp(-span_lambda))`.
+    and each masked run is one span. Zero-length draws are skipped, so span lengths follow the
+    zero-truncated Poisson, mean `span_lambda / (1 - exp(-span_lambda))` (runs come out slightly
+    shorter: special tokens cut them, and the last span of a row is kept more often when it is short).
     """
     if word_ids is None:
         unit_ids = (eligible.long().cumsum(1) - 1).masked_fill(~eligible, -1)
     else:
         unit_ids = word_ids
     batch, device = eligible.shape[0], eligible.device
-    units = (unit_ids.max(1).values + 1).clamp(min=0) if unit_ids.shape[1] else torch.zeros(batch, dtype=torch.long)
+    units = (unit_ids.max(1).values + 1).clamp(min=0) if unit_ids.shape[1] else torch.zeros(batch, dtype=torch.long, device=device)
     target = units.float() * prob
     most = int(units.max()) if batch else 0
     max_spans = int(math.ceil(prob * most / (1 - math.exp(-span_lambda)))) * 2 + 8
@@ -201,7 +208,7 @@ def select_spans(
     max_items = int(items.max()) if batch else 1
     index = torch.arange(max_items, device=device).expand(batch, -1)
     item_valid = index < items[:, None]
-    is_span_item = (_random_order(item_valid, generator) < num_spans[:, None]) & item_valid
+    is_span_item = _random_subset(item_valid, num_spans, generator)
     span_item_index = index.masked_fill(~is_span_item, max_items).sort(1).values
     span_item_index = torch.nn.functional.pad(span_item_index, (0, max(max_spans - max_items, 0)))[:, :max_spans]
     in_use = torch.arange(max_spans, device=device)[None, :] < num_spans[:, None]
@@ -239,8 +246,10 @@ def substitute(
     input_ids: torch.Tensor, positions: torch.Tensor, random_ids: torch.Tensor, generator: torch.Generator
 ) -> torch.Tensor:
     """Replace `positions` with ids drawn uniformly from `random_ids`."""
-    picks = torch.randint(len(random_ids), input_ids.shape, generator=generator, device=input_ids.device)
-    return torch.where(positions, random_ids.to(input_ids.device)[picks], input_ids)
+    picks = torch.randint(len(random_ids), (int(positions.sum()),), generator=generator, device=input_ids.device)
+    substituted = input_ids.clone()
+    substituted[positions] = random_ids.to(input_ids.device)[picks]
+    return substituted
 
 
 def delete_tokens(
