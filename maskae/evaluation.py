@@ -16,6 +16,7 @@ from pathlib import Path
 
 import evaluate
 import numpy as np
+import torch
 from sklearn.decomposition import PCA, TruncatedSVD
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
@@ -23,8 +24,13 @@ from sklearn.metrics.pairwise import paired_cosine_distances
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from transformers import AutoModelForMaskedLM, AutoTokenizer
+from .collator import DataCollatorForDenoising
+from .data import load_corpus, tokenize_and_pack
 from .embeddings import Embedder
-from .errors import ConfigError, DataError
+from .errors import CheckpointError, ConfigError, DataError, TokenizerError
+from .mlm_metrics import masked_lm_metrics, pseudo_perplexity
+from .noise import NoiseConfig
 
 logger = logging.getLogger(__name__)
 
@@ -312,6 +318,47 @@ def evaluate_probe(
                 "budgets": probe_accuracy(pca_train, train_labels, pca_eval, eval_labels, budgets, seeds),
             },
         }
+    return result
+
+
+def evaluate_mlm(
+    model: str | Path,
+    corpus: str | Path,
+    *,
+    block_size: int = 128,
+    limit: int | None = None,
+    pseudo_blocks: int = 4,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> dict:
+    """Masked accuracy (15% BERT noise, seeded) and pseudo-perplexity of a masked-LM checkpoint on a
+    corpus packed into blocks of `block_size` tokens. `limit` caps the blocks scored for masked
+    accuracy; pseudo-perplexity masks every token of the first `pseudo_blocks` blocks one at a time
+    (one forward pass per token, hence the smaller count)."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model))
+    except (OSError, ValueError) as error:
+        raise TokenizerError(f"cannot load a tokenizer from {str(model)!r} ({error}); save it beside the model.") from None
+    blocks = tokenize_and_pack(load_corpus(corpus), tokenizer, block_size)
+    if limit is not None:
+        blocks = blocks.select(range(min(limit, len(blocks))))
+    try:
+        lm = AutoModelForMaskedLM.from_pretrained(str(model))
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"cannot load a masked-LM model from {str(model)!r} ({error}); pass a model directory.") from None
+    config = lm.config
+    sentence = getattr(config, "bottleneck", None) == "sentence"
+    noise = NoiseConfig(decoder_mask_prob=config.decoder_mask_prob) if sentence else NoiseConfig()
+    collator = DataCollatorForDenoising(tokenizer, noise=noise, seed=seed)
+    rows = [blocks[i] for i in range(len(blocks))]
+    batches = [collator(rows[start : start + batch_size]) for start in range(0, len(rows), batch_size)]
+    result = {"task": "mlm", "blocks": len(rows), "block_size": block_size, **masked_lm_metrics(lm, batches)}
+    if pseudo_blocks:
+        ids = torch.tensor([row["input_ids"] for row in rows[:pseudo_blocks]])
+        result["pseudo_blocks"] = len(ids)
+        result.update(
+            pseudo_perplexity(lm, ids, torch.ones_like(ids), tokenizer.mask_token_id, tokenizer.all_special_ids, batch_size)
+        )
     return result
 
 

@@ -260,3 +260,41 @@ def test_minilm_sts_matches_sentence_transformers(minilm_path, shared_data):
     evaluator = EmbeddingSimilarityEvaluator(first, second, gold.tolist(), main_similarity="cosine")
     theirs = evaluator(SentenceTransformer(str(minilm_path), device="cpu"))
     assert ours == pytest.approx(theirs[evaluator.primary_metric], abs=0.002)
+
+
+def test_cli_mlm_matches_direct_computation(tiny_model, shared_data, tmp_path, capsys):
+    from maskae.collator import DataCollatorForDenoising
+    from maskae.data import load_corpus, tokenize_and_pack
+
+    corpus = tmp_path / "corpus.txt"
+    with open(shared_data / "sst2" / "validation.tsv", encoding="utf-8") as handle:
+        corpus.write_text("\n".join(row["sentence"] for row in list(csv.DictReader(handle, delimiter="\t"))[:30]))
+    argv = ["evaluate", tiny_model, "--task", "mlm", "--data", corpus, "--block-size", 16, "--limit", 6,
+            "--pseudo-blocks", 2, "--batch-size", 4, "--json"]
+    code, result, _ = run_cli(capsys, *argv)
+    assert code == 0 and result["blocks"] == 6 and result["pseudo_blocks"] == 2
+
+    tokenizer = BertTokenizer.from_pretrained(tiny_model)
+    model = MaskAEForMaskedLM.from_pretrained(tiny_model).eval()
+    rows = list(tokenize_and_pack(load_corpus(corpus), tokenizer, 16).select(range(6)))
+    collator = DataCollatorForDenoising(tokenizer, seed=0)
+    hits = total = 0
+    with torch.no_grad():
+        for start in (0, 4):
+            batch = collator(rows[start : start + 4])
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            chosen = batch["labels"] != -100
+            hits += int((logits.argmax(-1)[chosen] == batch["labels"][chosen]).sum())
+            total += int(chosen.sum())
+        assert result["masked_accuracy"] == pytest.approx(hits / total)
+
+        losses = []
+        for row in rows[:2]:
+            for position, token in enumerate(row["input_ids"]):
+                if token in tokenizer.all_special_ids:
+                    continue
+                ids = torch.tensor([row["input_ids"]])
+                ids[0, position] = tokenizer.mask_token_id
+                log_probs = model(input_ids=ids).logits[0, position].log_softmax(-1)
+                losses.append(-float(log_probs[token]))
+    assert result["pseudo_perplexity"] == pytest.approx(float(np.exp(np.mean(losses))), rel=1e-4)

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..embeddings import POOLINGS
 from ..errors import DataError
 
-TASKS = ("sts", "probe", "layers")
+TASKS = ("sts", "probe", "mlm", "layers")
 
 EPILOG = """\
 tasks:
@@ -19,6 +19,10 @@ tasks:
           label budget (a stratified sample of the training pool, averaged over --seeds seeds).
           --data: a directory holding train.tsv and validation.tsv, or the training tsv itself with
           --eval-data; columns sentence, label.
+  mlm     masked accuracy (15% BERT noise, seed 0) and pseudo-perplexity (each token masked alone)
+          of a masked-LM checkpoint. --data: a text corpus (.txt, .jsonl, .csv, ...), packed into
+          blocks of --block-size tokens; --limit caps the blocks, --pseudo-blocks the blocks scored
+          for pseudo-perplexity (one forward pass per token).
   layers  the --of figure (sts or probe) at every encoder layer (0 = embeddings), as a table and a
           PNG plot (--output), to find the layer that embeds best.
 
@@ -57,6 +61,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--limit", type=int, help="only the first N evaluation rows (quick checks)")
     parser.add_argument("--batch-size", type=int, default=32, help="sentences per forward pass (default: 32)")
     parser.add_argument("--max-length", type=int, help="truncate sentences to this many tokens (default: the model's limit)")
+    parser.add_argument("--block-size", type=int, default=128, help="mlm: tokens per block (default: 128)")
+    parser.add_argument("--pseudo-blocks", type=int, default=4, help="mlm: blocks scored for pseudo-perplexity (default: 4)")
     parser.add_argument("--output", type=Path, help="layers: where to save the PNG plot (default: layers-<of>.png)")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
     parser.set_defaults(func=run)
@@ -72,9 +78,13 @@ def probe_files(data: Path, eval_data: Path | None) -> tuple[Path, Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation import evaluate_layers, evaluate_probe, evaluate_sts, parse_budgets
+    from ..evaluation import evaluate_layers, evaluate_mlm, evaluate_probe, evaluate_sts, parse_budgets
     from ..plotting import plot_layer_curve
 
+    if args.task == "mlm":
+        result = evaluate_mlm(args.model, args.data, block_size=args.block_size, limit=args.limit,
+                              pseudo_blocks=args.pseudo_blocks, batch_size=args.batch_size)
+        return report(result, args)
     common = dict(
         pooling=args.pooling, baseline=args.baseline, dim=args.dim, limit=args.limit,
         batch_size=args.batch_size, max_length=args.max_length,
@@ -102,6 +112,10 @@ def run(args: argparse.Namespace) -> int:
         result = evaluate_sts(args.model, layer=args.layer, **data, **common)
     else:
         result = evaluate_probe(args.model, layer=args.layer, **data, **common)
+    return report(result, args)
+
+
+def report(result: dict, args: argparse.Namespace) -> int:
     result["model"] = str(args.model)
     print(describe(result))
     if args.json:
@@ -111,6 +125,13 @@ def run(args: argparse.Namespace) -> int:
 
 def describe(result: dict) -> str:
     """The figures as a small human-readable table."""
+    if result["task"] == "mlm":
+        lines = [f"masked LM on {result['blocks']} blocks of {result['block_size']} tokens (15% masked, seed 0)",
+                 f"  masked accuracy x100 {100 * result['masked_accuracy']:8.2f}",
+                 f"  perplexity           {result['perplexity']:8.2f}   (over the masked tokens)"]
+        if "pseudo_perplexity" in result:
+            lines.append(f"  pseudo-perplexity    {result['pseudo_perplexity']:8.2f}   (first {result['pseudo_blocks']} blocks)")
+        return "\n".join(lines)
     if result["task"] == "sts":
         lines = [f"STS on {result['pairs']} pairs: Spearman x100 of cosine similarity vs gold score"]
         lines.append(f"  {'model':<8} dim {result['dim']:>5}   {result['spearman_x100']:6.2f}")
