@@ -175,3 +175,30 @@ def test_tokenizer_without_mask_token(tokenizer):
     broken.mask_token = None
     with pytest.raises(TokenizerError, match="no mask token"):
         DataCollatorForDenoising(broken)
+
+
+def test_dataloader_workers_draw_different_noise(tokenizer, packed_features):
+    """Each worker holds a copy of the collator; without reseeding they would all mask alike."""
+    same_rows = [packed_features[0]] * 8
+    collator = DataCollatorForDenoising(tokenizer, seed=0)
+    loader = DataLoader(same_rows, batch_size=4, num_workers=2, collate_fn=collator,
+                        generator=torch.Generator().manual_seed(0))
+    first, second = list(loader)
+    assert not torch.equal(first["labels"], second["labels"])
+    again_first, again_second = list(DataLoader(same_rows, batch_size=4, num_workers=2, collate_fn=collator,
+                                                generator=torch.Generator().manual_seed(0)))
+    assert torch.equal(first["labels"], again_first["labels"])
+
+
+def test_whole_word_decoder_copy_keeps_words_whole(tokenizer):
+    texts = ["Tokenization splits unbelievable words into pieces, repeatedly and unbelievably."] * 8
+    encodings = tokenizer(texts)
+    features = [{"input_ids": ids, "word_ids": encodings.word_ids(i)} for i, ids in enumerate(encodings["input_ids"])]
+    noise = NoiseConfig(whole_word=True, mask_prob=0.2, decoder_mask_prob=0.5)
+    batch = DataCollatorForDenoising(tokenizer, noise, seed=0)(features)
+    targets = batch["labels"] != IGNORE_INDEX
+    for row in range(len(texts)):
+        words = encodings.word_ids(row)
+        for word in set(w for w in words if w is not None):
+            assert len({bool(targets[row, p]) for p, w in enumerate(words) if w == word}) == 1
+    assert targets.any()
