@@ -178,7 +178,7 @@ def model_card(
         stock_mlm_class=encoder.backbone_adapter.mlm_class,
         stock_base_class=type(encoder.backbone).__name__,
         noise=_yaml(recipe.get("noise")) if recipe else None,
-        recipe=_yaml(recipe) if recipe else None,
+        recipe=_yaml({key: value for key, value in recipe.items() if key != "noise"}) if recipe else None,
         datasets=datasets,
         base_model=base_model,
         results=results,
@@ -344,11 +344,12 @@ def _describe_decoder(config, layout: str) -> str:
     if layout == "encoder":
         return "not included in this export"
     family, k = config.base_config.model_type, config.decoder_layers
+    layers = f"{k} {family} layer{'s' if k != 1 else ''}"
     if config.decoder == "linear":
         return f"the {family} MLM head only, on the encoder output (a classic masked-language model)"
     if config.decoder == "layers":
-        return f"the backbone's remaining {k} {family} layers and its MLM head"
-    return f"{k} freshly initialised {family} layers and the MLM head"
+        return f"the backbone's remaining {layers} and its MLM head"
+    return f"{layers}, freshly initialised, and the MLM head"
 
 
 def _describe_bottleneck(config) -> str:
