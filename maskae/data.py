@@ -20,7 +20,6 @@ from datasets import (
     DatasetDict,
     Features,
     IterableDataset,
-    IterableDatasetDict,
     List,
     Value,
     concatenate_datasets,
@@ -138,8 +137,6 @@ def _load_raw(source: str, streaming: bool, split: str) -> tuple[Dataset | Itera
             f"{source!r} is neither a local path nor a loadable Hub dataset ({type(error).__name__}: {error}); "
             "check the path, or the dataset id and that it is cached when HF_HUB_OFFLINE=1."
         ) from error
-    if isinstance(loaded, (DatasetDict, IterableDatasetDict)):
-        loaded = loaded[split]
     return loaded, False
 
 
@@ -258,6 +255,11 @@ def tokenize_and_pack(
     count) is checked along with the tokenizer's `model_max_length`.
     """
     _check_block_size(tokenizer, block_size, max_positions)
+    if dataset.column_names is not None and "text" not in dataset.column_names:
+        raise DataError(
+            f"the dataset to pack has no 'text' column (it has {', '.join(dataset.column_names)}); "
+            "load it with maskae.data.load_corpus(source, text_column=...) first."
+        )
     if isinstance(dataset, IterableDataset):
         return IterableDataset.from_generator(
             iter_packed,

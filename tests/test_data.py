@@ -162,3 +162,5 @@ def test_block_size_errors(tokenizer):
         tokenize_and_pack(corpus, tokenizer, 384, max_positions=256)
     with pytest.raises(DataError, match="fewer tokens than one block of 128"):
         tokenize_and_pack(corpus, tokenizer, 128)
+    with pytest.raises(DataError, match="no 'text' column .*load_corpus"):
+        tokenize_and_pack(corpus.rename_column("text", "body"), tokenizer, 8)
