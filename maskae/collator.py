@@ -64,7 +64,8 @@ class DataCollatorForDenoising:
         if tokenizer.mask_token_id is None:
             raise TokenizerError(
                 f"tokenizer {name!r} has no mask token; add one with tokenizer.add_special_tokens("
-                "{'mask_token': '[MASK]'}) and resize the model's embeddings, or train one with `maskae tokenizer train`."
+                "{'mask_token': '[MASK]'}) and resize the model's embeddings, "
+                "or train a tokenizer with `maskae tokenizer train`."
             )
         if tokenizer.pad_token_id is None:
             raise TokenizerError(

@@ -184,7 +184,7 @@ def select_spans(
     else:
         unit_ids = word_ids
     batch, device = eligible.shape[0], eligible.device
-    units = (unit_ids.max(1).values + 1).clamp(min=0) if unit_ids.shape[1] else torch.zeros(batch, dtype=torch.long, device=device)
+    units = (unit_ids.amax(1, keepdim=False) + 1).clamp(min=0) if unit_ids.shape[1] else eligible.sum(1)
     target = units.float() * prob
     most = int(units.max()) if batch else 0
     max_spans = int(math.ceil(prob * most / (1 - math.exp(-span_lambda)))) * 2 + 8

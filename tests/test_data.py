@@ -53,7 +53,8 @@ def test_every_source_gives_the_same_text_column(tmp_path, kind):
     elif kind == "csv":
         table.to_csv(str(source), index=False)
     elif kind == "tsv":
-        source.write_text('body\tid\n"A ""quoted"" first\tdocument"\t1\n' + "".join(f"{d}\t{i}\n" for i, d in enumerate(DOCS[1:])))
+        rows = "".join(f"{doc}\t{i}\n" for i, doc in enumerate(DOCS[1:]))
+        source.write_text('body\tid\n"A ""quoted"" first\tdocument"\t1\n' + rows)
     elif kind == "parquet":
         table.to_parquet(str(source))
     elif kind == "saved":

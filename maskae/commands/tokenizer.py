@@ -26,7 +26,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
         epilog="example: maskae tokenizer train --corpus data/train.txt --vocab-size 30000 --out my-tokenizer",
     )
-    train.add_argument("--corpus", required=True, help="a .txt/.jsonl/.csv/.tsv/.parquet file, a glob, a saved dataset or a Hub id")
+    train.add_argument(
+        "--corpus", required=True, help="a .txt/.jsonl/.csv/.tsv/.parquet file, a glob, a saved dataset or a Hub id"
+    )
     train.add_argument("--vocab-size", type=int, required=True, help="number of tokens in the vocabulary, e.g. 30000")
     train.add_argument("--out", required=True, help="directory to save the tokenizer to")
     train.add_argument("--kind", choices=KINDS, default="wordpiece", help="tokenizer model (default: wordpiece)")
