@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from ..recipe import format_keys, load_recipe
@@ -46,6 +47,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..training import train  # torch and friends load only when training
 
+    for name in ("accelerate.accelerator", "accelerate.checkpointing"):  # one line per saved file otherwise
+        logging.getLogger(name).setLevel(logging.WARNING)
     recipe = load_recipe(args.recipe, args.overrides)
     output_dir = args.output_dir or recipe.training.output_dir or Path("runs") / args.recipe.stem
     recipe.training.output_dir = str(output_dir)

@@ -1,0 +1,531 @@
+"""The training loop: a recipe in, a trained MaskAE model, logs, checkpoints and an evaluation out.
+
+It follows Accelerate's examples (prepare, loop, evaluate, save) with three deliberate choices:
+
+* `training.batch_size` is the *global* batch. Every process reads and noises the same global batch
+  with the same seeded collator, then keeps its own rows. The noise is therefore identical for any
+  number of processes, and the loss is the exact token-level mean over the global batch (each rank
+  scales its sum by the global target count), so one process and N processes, with or without
+  gradient accumulation, train the same model up to float rounding.
+* Batches are noised in the loop's own process right before use (no prefetching DataLoader ahead of
+  the step), so the collator's generator state saved in a checkpoint is exactly the state the next
+  step needs; with `skip_first_batches` for the data position, resuming is bit-exact.
+* Checkpoints are written to `checkpoint-<step>.tmp/`, marked complete, then renamed; a resume only
+  considers renamed, marked directories, so a run killed mid-write never picks up a partial one.
+
+`Trainer` keeps each phase in its own method so that later features (e.g. growing the encoder at
+stage boundaries) can hook in at step boundaries by overriding `on_step_end`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, TorchDynamoPlugin, is_tensorboard_available, is_trackio_available, set_seed
+from datasets import Dataset
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase, get_scheduler
+
+from . import data as corpus
+from .collator import DataCollatorForDenoising
+from .configuration_maskae import MaskAEConfig, num_layers
+from .errors import CheckpointError, ConfigError, DataError, MaskAEError, TokenizerError
+from .mlm_metrics import masked_lm_metrics, pseudo_perplexity, target_logits
+from .modeling_maskae import MaskAEForMaskedLM
+from .recipe import Recipe
+
+logger = logging.getLogger(__name__)
+
+COMPLETE_MARKER = "checkpoint_complete.json"
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout",
+                "embedding_dropout", "mlp_dropout")
+EVAL_NOISE_SEED_OFFSET = 1  # eval noise is drawn from seed + 1: fixed for the whole run, apart from training's
+
+
+class TrainingDivergedError(MaskAEError, FloatingPointError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainState:
+    """What Accelerate does not checkpoint by itself: the optimizer-step counter (the data position
+    and log position follow from it)."""
+
+    def __init__(self) -> None:
+        self.step = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.step = int(state["step"])
+
+
+# ---------------------------------------------------------------- checkpoints on disk
+
+
+def complete_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Finished `checkpoint-<step>/` directories, oldest first (`*.tmp` and unmarked ones are ignored)."""
+    found = []
+    for path in Path(output_dir).glob("checkpoint-*"):
+        match = CHECKPOINT_PATTERN.match(path.name)
+        if match and path.is_dir() and (path / COMPLETE_MARKER).is_file():
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    checkpoints = complete_checkpoints(output_dir)
+    return checkpoints[-1] if checkpoints else None
+
+
+def remove_checkpoint(path: Path) -> None:
+    """Unmark first, so a deletion cut short leaves a directory that is never resumed from."""
+    (path / COMPLETE_MARKER).unlink(missing_ok=True)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+# ---------------------------------------------------------------- building blocks
+
+
+def train_source(recipe: Recipe) -> str:
+    """The training corpus: data.train, or the WikiText-2 excerpt packaged with maskae."""
+    return str(recipe.data.train if recipe.data.train is not None else corpus.default_corpus("train"))
+
+
+def build_tokenizer(recipe: Recipe, output_dir: Path, accelerator: Accelerator) -> PreTrainedTokenizerBase:
+    """The recipe's tokenizer: an existing one, the backbone's, or one learned on the training corpus
+    (learned once by the main process and stored in <output_dir>/tokenizer, which a resume reuses)."""
+    args = recipe.tokenizer
+    if args.path is not None or args.train is None:
+        source = args.path or recipe.model.backbone
+        try:
+            return AutoTokenizer.from_pretrained(source)
+        except (OSError, ValueError) as error:
+            raise TokenizerError(f"cannot load a tokenizer from {source!r} ({error}); set tokenizer.path to a "
+                                 "tokenizer directory or Hub id.") from None
+    from .tokenization import train_tokenizer
+
+    saved = output_dir / "tokenizer"
+    if accelerator.is_main_process and not (saved / "tokenizer.json").is_file():
+        train_tokenizer(train_source(recipe), vocab_size=args.train.vocab_size, out_dir=saved, kind=args.train.kind,
+                        lowercase=args.train.lowercase, text_column=recipe.data.text_column)
+    accelerator.wait_for_everyone()
+    return AutoTokenizer.from_pretrained(saved)
+
+
+def build_model(recipe: Recipe, tokenizer: PreTrainedTokenizerBase) -> MaskAEForMaskedLM:
+    """A MaskAE model split from a stock checkpoint, or built from scratch at the recipe's size."""
+    args = recipe.model
+    extra = {"sparse_prediction": recipe.training.sparse_prediction}
+    if recipe.noise.decoder_mask_prob is not None:
+        extra["decoder_mask_prob"] = recipe.noise.decoder_mask_prob
+    split = dict(decoder=args.decoder, decoder_layers=args.decoder_layers, bottleneck=args.bottleneck,
+                 bottleneck_dim=args.bottleneck_dim, pooling=args.pooling)
+    if args.backbone is not None:
+        split_layer = args.split_layer
+        if split_layer is None:
+            total = num_layers(AutoConfig.from_pretrained(args.backbone))
+            split_layer = total if args.decoder == "linear" else total // 2
+        model = MaskAEForMaskedLM.from_backbone(args.backbone, split_layer, **split, **extra)
+        if len(tokenizer) > model.config.vocab_size:
+            raise TokenizerError(
+                f"the tokenizer has {len(tokenizer)} tokens but backbone {args.backbone!r} has only "
+                f"{model.config.vocab_size} embeddings; leave tokenizer.path empty to use the backbone's own tokenizer."
+            )
+    else:
+        try:
+            stock = AutoConfig.for_model(
+                args.architecture, vocab_size=len(tokenizer), hidden_size=args.hidden_size,
+                num_hidden_layers=args.num_layers, num_attention_heads=args.num_heads,
+                intermediate_size=args.intermediate_size, max_position_embeddings=args.max_position_embeddings,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        except ValueError as error:
+            raise ConfigError(f"model.architecture={args.architecture!r} is not a known model type ({error}); "
+                              "use e.g. bert, roberta or modernbert.") from None
+        model = MaskAEForMaskedLM(MaskAEConfig(base_config=stock, split_layer=args.split_layer, **split, **extra))
+    if args.dropout is not None:
+        set_dropout(model, args.dropout)
+    return model
+
+
+def set_dropout(model: nn.Module, p: float) -> None:
+    """Set every dropout module's rate, and the stock config's rates so the saved model agrees."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = p
+    for key in DROPOUT_KEYS:
+        if isinstance(getattr(model.config.base_config, key, None), float):
+            setattr(model.config.base_config, key, p)
+
+
+def load_texts(recipe: Recipe) -> tuple[Dataset, Dataset]:
+    """(train, held-out) raw text datasets, as the recipe's data section describes."""
+    args = recipe.data
+    train = corpus.load_corpus(train_source(recipe), text_column=args.text_column)
+    if args.validation is not None:
+        return train, corpus.load_corpus(args.validation, text_column=args.text_column)
+    if args.train is None:
+        return train, corpus.load_corpus(str(corpus.default_corpus("validation")), text_column=args.text_column)
+    parts = train.train_test_split(test_size=args.validation_fraction, shuffle=False)
+    return parts["train"], parts["test"]
+
+
+def tokenize(recipe: Recipe, texts: Dataset, tokenizer: PreTrainedTokenizerBase, limit: int | None) -> Dataset:
+    """Token-id sequences: packed blocks of block_size, or one truncated sequence per line."""
+    args = recipe.data
+    if args.pack:
+        sequences = corpus.tokenize_and_pack(texts, tokenizer, args.block_size)
+    else:
+        # load_corpus yields one `text` column of non-blank rows
+        sequences = texts.map(
+            lambda rows: {"input_ids": tokenizer(rows["text"], truncation=True, max_length=args.block_size)["input_ids"]},
+            batched=True, remove_columns=texts.column_names,
+        )
+    if limit is not None:
+        sequences = sequences.select(range(min(limit, len(sequences))))
+    return sequences.select_columns(["input_ids"])
+
+
+def build_optimizer(model: nn.Module, recipe: Recipe, device: torch.device) -> torch.optim.AdamW:
+    """AdamW without weight decay on biases and norms; the fastest kernel for the device by default."""
+    args = recipe.training
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (no_decay if parameter.ndim < 2 else decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    impl = args.optimizer_impl
+    if impl == "auto":
+        impl = "fused" if device.type == "cuda" else "foreach"
+    kernel = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}[impl]
+    return torch.optim.AdamW(groups, lr=args.lr, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon, **kernel)
+
+
+def init_trackers(accelerator: Accelerator, recipe: Recipe) -> None:
+    """Start the trackers the recipe names (TensorBoard, trackio) through Accelerate."""
+    available = {"tensorboard": is_tensorboard_available, "trackio": is_trackio_available}
+    for name in recipe.training.report_to:
+        if name not in available:
+            raise ConfigError(f"training.report_to names {name!r}; use tensorboard or trackio.")
+        if not available[name]():
+            raise ConfigError(f"training.report_to asks for {name}, which is not installed; pip install {name}, or drop it.")
+    if recipe.training.report_to:
+        flat = {key: value if isinstance(value, (int, float, str, bool)) else str(value)
+                for key, value in _flatten(recipe.to_dict()).items()}
+        accelerator.init_trackers("maskae", config=flat)
+
+
+def _flatten(values: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+# ---------------------------------------------------------------- the loop
+
+
+class Trainer:
+    """prepare -> train (steps, logging, evaluation, checkpoints) -> save the final model."""
+
+    def __init__(self, recipe: Recipe, output_dir: str | Path, resume: bool = False) -> None:
+        self.recipe, self.args = recipe, recipe.training
+        self.output_dir = Path(output_dir)
+        self.resume = resume
+        self.state = TrainState()
+
+    # ---- setup
+
+    def prepare(self) -> None:
+        args = self.args
+        self.accelerator = Accelerator(
+            mixed_precision=args.mixed_precision,
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            log_with=args.report_to or None,
+            project_config=ProjectConfiguration(project_dir=str(self.output_dir)),
+            step_scheduler_with_optimizer=False,  # one scheduler step per real optimizer step, any process count
+            dynamo_plugin=TorchDynamoPlugin(backend="inductor") if args.compile else None,
+        )
+        accelerator = self.accelerator
+        if not self.resume and accelerator.is_main_process and complete_checkpoints(self.output_dir):
+            raise CheckpointError(f"{self.output_dir} already holds checkpoints; pass --resume to continue that run, "
+                                  "or choose another --output-dir.")
+        shards = accelerator.num_processes * args.gradient_accumulation_steps
+        if args.batch_size % shards:
+            raise ConfigError(
+                f"training.batch_size={args.batch_size} cannot be split over {accelerator.num_processes} processes x "
+                f"{args.gradient_accumulation_steps} accumulation steps; make it a multiple of {shards}."
+            )
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        set_seed(args.seed)
+
+        train_text, eval_text = load_texts(self.recipe)
+        self.tokenizer = build_tokenizer(self.recipe, self.output_dir, accelerator)
+        with accelerator.main_process_first():
+            self.train_set = tokenize(self.recipe, train_text, self.tokenizer, self.recipe.data.max_train_blocks)
+            self.eval_set = tokenize(self.recipe, eval_text, self.tokenizer, self.recipe.data.max_eval_blocks)
+        self.steps_per_epoch = len(self.train_set) // args.batch_size
+        if self.steps_per_epoch == 0:
+            raise DataError(f"the training set has {len(self.train_set)} sequences, fewer than one global batch "
+                            f"(training.batch_size={args.batch_size}); lower the batch size or give more data.")
+        if len(self.eval_set) == 0:
+            raise DataError("the held-out set is empty after tokenization; set data.validation to a larger corpus.")
+        self.collator = DataCollatorForDenoising(self.tokenizer, noise=self.recipe.noise, seed=args.seed)
+        self.eval_batches = self._noised_eval_batches()
+
+        model = build_model(self.recipe, self.tokenizer)
+        if args.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        optimizer = build_optimizer(model, self.recipe, accelerator.device)
+        scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.warmup_steps,
+                                  num_training_steps=args.max_steps)
+        self.model, self.optimizer, self.scheduler = accelerator.prepare(model, optimizer, scheduler)
+        accelerator.register_for_checkpointing(self.collator, self.state)
+        init_trackers(accelerator, self.recipe)
+        if self.resume:
+            self._resume()
+
+    def _noised_eval_batches(self) -> list[dict[str, torch.Tensor]]:
+        """The held-out set noised once with a fixed seed, so every evaluation scores the same targets."""
+        collator = DataCollatorForDenoising(self.tokenizer, noise=self.recipe.noise,
+                                            seed=self.args.seed + EVAL_NOISE_SEED_OFFSET)
+        size = self.args.eval_batch_size
+        rows = [self.eval_set[i] for i in range(len(self.eval_set))]
+        return [collator(rows[start : start + size]) for start in range(0, len(rows), size)]
+
+    def _resume(self) -> None:
+        checkpoint = latest_checkpoint(self.output_dir)
+        if checkpoint is None:
+            logger.info("no complete checkpoint in %s; starting from scratch", self.output_dir)
+            return
+        self.accelerator.load_state(str(checkpoint))
+        logger.info("resumed from %s at step %d", checkpoint, self.state.step)
+        if self.accelerator.is_main_process:
+            for name in ("log.jsonl", "eval_log.jsonl"):
+                self._truncate_log(self.output_dir / name, self.state.step)
+
+    @staticmethod
+    def _truncate_log(path: Path, step: int) -> None:
+        """Drop log lines written after the checkpoint (the resumed run writes them again)."""
+        if not path.is_file():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line)
+            except (ValueError, KeyError):
+                break  # a line cut short by the kill: nothing after it is trustworthy
+        path.write_text("".join(line + "\n" for line in kept))
+
+    # ---- data
+
+    def global_batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Noised global batches from the current step on: epoch e shuffles with seed + e."""
+        epoch, position = divmod(self.state.step, self.steps_per_epoch)
+        while True:
+            # The loader's own generator both shuffles and seeds the iterator, which would otherwise draw
+            # from the global RNG (and shift dropout after a resume).
+            shuffle = torch.Generator().manual_seed(self.args.seed + epoch)
+            loader = DataLoader(self.train_set, batch_size=self.args.batch_size, shuffle=True, generator=shuffle,
+                                collate_fn=self.collator, drop_last=True, num_workers=0)
+            if position:
+                loader = self.accelerator.skip_first_batches(loader, position)
+            yield from loader
+            epoch, position = epoch + 1, 0
+
+    def micro_batches(self, batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """This process's rows of the global batch, split into accumulation micro-batches, on device."""
+        accelerator = self.accelerator
+        rows = self.args.batch_size // accelerator.num_processes
+        start = accelerator.process_index * rows
+        local = {key: value[start : start + rows] for key, value in batch.items()}
+        size = rows // self.args.gradient_accumulation_steps
+        return [
+            {key: value[i : i + size].to(accelerator.device) for key, value in local.items()}
+            for i in range(0, rows, size)
+        ]
+
+    # ---- steps
+
+    def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float | None]:
+        """One optimizer step on a global batch; returns its mean loss over the targets, the gradient
+        norm before clipping and the number of targets."""
+        accelerator, model = self.accelerator, self.model
+        num_targets = int((batch["labels"] != -100).sum())
+        # Each rank's summed loss over the global target count; Accelerate divides by the accumulation
+        # steps and DDP averages over ranks, hence the factor: the gradient is that of the global mean.
+        scale = accelerator.num_processes * self.args.gradient_accumulation_steps / max(num_targets, 1)
+        loss_sum = torch.zeros((), device=accelerator.device)
+        grad_norm = None
+        for micro in self.micro_batches(batch):
+            with accelerator.accumulate(model):
+                logits, labels = target_logits(model(**micro).logits, micro["labels"])
+                summed = F.cross_entropy(logits.float(), labels, reduction="sum")
+                accelerator.backward(summed * scale)
+                loss_sum += summed.detach()
+                if accelerator.sync_gradients and self.args.max_grad_norm is not None:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), self.args.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+        if not accelerator.optimizer_step_was_skipped:
+            self.scheduler.step()
+        loss = accelerator.reduce(loss_sum, reduction="sum").item() / max(num_targets, 1)
+        return {"loss": loss, "grad_norm": None if grad_norm is None else float(grad_norm), "targets": num_targets}
+
+    def evaluate(self) -> dict[str, float]:
+        """Masked accuracy, masked loss, perplexity and pseudo-perplexity on the held-out set."""
+        results = masked_lm_metrics(self.model, self.eval_batches)
+        blocks = self.args.pseudo_perplexity_blocks
+        if blocks:
+            rows = [self.eval_set[i] for i in range(min(blocks, len(self.eval_set)))]
+            padded = self.tokenizer.pad(rows, return_tensors="pt")
+            results.update(pseudo_perplexity(self.model, padded["input_ids"], padded["attention_mask"],
+                                             self.tokenizer.mask_token_id, self.tokenizer.all_special_ids,
+                                             batch_size=self.args.eval_batch_size))
+        return results
+
+    # ---- the loop
+
+    def train(self) -> dict[str, float]:
+        """Train to `max_steps` (from the resumed step), then evaluate and save the final model."""
+        self.prepare()
+        accelerator, args = self.accelerator, self.args
+        started = time.perf_counter()
+        self.model.train()
+        progress = tqdm(total=args.max_steps, initial=self.state.step, desc="training",
+                        disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+        window_tokens, window_start, trained_tokens = 0, time.perf_counter(), 0
+        batches = self.global_batches()
+        while self.state.step < args.max_steps:
+            batch = next(batches)
+            tokens = int(batch["attention_mask"].sum())
+            outcome = self.training_step(batch)
+            loss = outcome["loss"]
+            self.state.step += 1
+            window_tokens += tokens
+            trained_tokens += tokens
+            progress.update(1)
+            if not math.isfinite(loss):
+                self._diverged(loss)
+            if self.state.step % args.logging_steps == 0 or self.state.step == args.max_steps:
+                elapsed = time.perf_counter() - window_start
+                record = {"step": self.state.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
+                          "tokens_per_s": window_tokens / max(elapsed, 1e-9), "grad_norm": outcome["grad_norm"],
+                          "targets": outcome["targets"], "epoch": self.state.step / self.steps_per_epoch}
+                self._log("log.jsonl", record)
+                progress.set_postfix(loss=f"{loss:.3f}", lr=f"{record['lr']:.2e}")
+                window_tokens, window_start = 0, time.perf_counter()
+            self.on_step_end()
+        progress.close()
+        wall_time = time.perf_counter() - started
+        results = self.evaluate()
+        results.update(step=self.state.step, train_tokens_per_s=trained_tokens / max(wall_time, 1e-9),
+                       train_wall_time_s=wall_time, num_processes=accelerator.num_processes)
+        self._log("eval_log.jsonl", {"step": self.state.step, **{f"eval_{k}": v for k, v in results.items()}})
+        self.save_final(results)
+        accelerator.end_training()
+        return results
+
+    def on_step_end(self) -> None:
+        """Step-boundary work: periodic evaluation and checkpoints. Override to add more (e.g. growth)."""
+        step, args = self.state.step, self.args
+        if args.eval_steps and step % args.eval_steps == 0 and step < args.max_steps:
+            results = self.evaluate()
+            self._log("eval_log.jsonl", {"step": step, **{f"eval_{k}": v for k, v in results.items()}})
+        if step % args.save_steps == 0:
+            self.save_checkpoint()
+
+    def _diverged(self, loss: float) -> None:
+        last = latest_checkpoint(self.output_dir)
+        kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+        raise TrainingDivergedError(
+            f"the training loss became {loss} at step {self.state.step}; {kept}; lower training.lr, raise "
+            "training.warmup_steps or use mixed_precision=bf16 instead of fp16, then rerun with --resume."
+        )
+
+    def _log(self, name: str, record: dict) -> None:
+        """Append one JSON line (main process), send it to the trackers, and summarise evaluations."""
+        if name == "eval_log.jsonl":
+            summary = " | ".join(f"{k[5:]} {v:.4g}" for k, v in record.items() if k.startswith("eval_"))
+            self.accelerator.print(f"step {record['step']} | eval | {summary}")
+        if self.accelerator.is_main_process:
+            with open(self.output_dir / name, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        if self.args.report_to:
+            self.accelerator.log({k: v for k, v in record.items() if k != "step" and v is not None}, step=record["step"])
+
+    # ---- saving
+
+    def save_checkpoint(self) -> Path:
+        """Accelerate's full state (model as safetensors, optimizer, scheduler, RNG, collator, step),
+        written to a .tmp directory, marked complete and renamed: never half-visible."""
+        accelerator, step = self.accelerator, self.state.step
+        final = self.output_dir / f"checkpoint-{step}"
+        partial = self.output_dir / f"checkpoint-{step}.tmp"
+        if accelerator.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(partial), safe_serialization=True)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            self.recipe.save(partial / "recipe.yaml")
+            marker = partial / COMPLETE_MARKER
+            marker.write_text(json.dumps({"step": step}))
+            for path in partial.iterdir():
+                if path.is_file():
+                    _fsync_file(path)
+            if final.exists():
+                remove_checkpoint(final)
+            os.replace(partial, final)
+            self._prune_checkpoints()
+        accelerator.wait_for_everyone()
+        return final
+
+    def _prune_checkpoints(self) -> None:
+        limit = self.args.save_total_limit
+        checkpoints = complete_checkpoints(self.output_dir)
+        for old in checkpoints[: -limit] if limit else []:
+            remove_checkpoint(old)
+
+    def save_final(self, results: dict[str, float]) -> None:
+        """The model (save_pretrained), its tokenizer, the resolved recipe and eval_results.json at the root."""
+        accelerator = self.accelerator
+        accelerator.wait_for_everyone()
+        model = accelerator.unwrap_model(self.model)
+        model.save_pretrained(self.output_dir, is_main_process=accelerator.is_main_process,
+                              save_function=accelerator.save, state_dict=accelerator.get_state_dict(self.model))
+        if accelerator.is_main_process:
+            self.tokenizer.save_pretrained(self.output_dir)
+            self.recipe.save(self.output_dir / "recipe.yaml")
+            (self.output_dir / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
+        accelerator.wait_for_everyone()
+
+
+def train(recipe: Recipe, output_dir: str | Path, resume: bool = False) -> dict[str, float]:
+    """Train `recipe` into `output_dir` (continuing from its newest complete checkpoint with `resume`);
+    returns the final evaluation."""
+    return Trainer(recipe, output_dir, resume=resume).train()

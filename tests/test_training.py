@@ -1,0 +1,200 @@
+"""The training loop on tiny configurations: loss falls, outputs are complete, resume after SIGKILL is
+bit-exact, half-written checkpoints are ignored, NaN stops the run, bad configs fail clearly."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForMaskedLM, AutoTokenizer, BertConfig, BertForMaskedLM
+
+from maskae import training
+from maskae.cli import main
+from maskae.errors import CheckpointError, ConfigError, TokenizerError
+from maskae.recipe import load_recipe
+from maskae.tokenization import train_tokenizer
+from maskae.data import default_corpus
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = REPO / "recipes"
+
+SHRINK = [
+    "model.hidden_size=16", "model.num_layers=2", "model.split_layer=1", "model.num_heads=2",
+    "model.intermediate_size=32", "model.max_position_embeddings=32",
+    "data.block_size=32", "data.max_train_blocks=96", "data.max_eval_blocks=8",
+    "training.batch_size=8", "training.max_steps=12", "training.warmup_steps=2", "training.lr=3e-3",
+    "training.save_steps=4", "training.logging_steps=1", "training.eval_steps=null",
+    "training.pseudo_perplexity_blocks=1", "training.eval_batch_size=8", "training.save_total_limit=null",
+]
+
+
+@pytest.fixture(scope="session")
+def small_tokenizer(tmp_path_factory) -> Path:
+    """A 200-token WordPiece tokenizer learned on the packaged corpus, shared by the tests."""
+    path = tmp_path_factory.mktemp("tokenizer")
+    train_tokenizer(default_corpus("train"), vocab_size=200, out_dir=path)
+    return path
+
+
+def tiny_recipe(tokenizer: Path | None, *overrides: str, name: str = "tiny-wikitext2.yaml"):
+    extra = [f"tokenizer.path={tokenizer}", "tokenizer.train=null"] if tokenizer else []
+    return load_recipe(RECIPES / name, [*SHRINK, *extra, *overrides])
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path / "model.safetensors"))
+
+
+def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+def read_log(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_loss_falls_and_run_writes_everything(tmp_path):
+    recipe = tiny_recipe(None, "tokenizer.train.vocab_size=200", "training.max_steps=30", "training.save_steps=10",
+                         "training.save_total_limit=2", "training.logging_steps=5", "training.eval_steps=15",
+                         "training.lr=1e-2")
+    results = training.train(recipe, tmp_path)
+
+    log = read_log(tmp_path / "log.jsonl")
+    assert [r["step"] for r in log] == [5, 10, 15, 20, 25, 30]
+    assert all({"step", "loss", "lr", "tokens_per_s"} <= r.keys() for r in log)
+    assert all(r["tokens_per_s"] > 0 for r in log)
+    assert log[0]["loss"] < 5.4  # about ln(200) at the start
+    assert (log[-1]["loss"] + log[-2]["loss"]) / 2 < log[0]["loss"] - 0.5, [r["loss"] for r in log]
+    assert log[-1]["lr"] == pytest.approx(0.0)  # linear decay to zero at max_steps
+    evals = read_log(tmp_path / "eval_log.jsonl")
+    assert [r["step"] for r in evals] == [15, 30]
+
+    # the newest two checkpoints are kept, each complete with its resolved recipe
+    assert [p.name for p in training.complete_checkpoints(tmp_path)] == ["checkpoint-20", "checkpoint-30"]
+    assert not list(tmp_path.glob("*.tmp"))
+    assert load_recipe(tmp_path / "checkpoint-30" / "recipe.yaml") == recipe
+
+    # the final model, its own tokenizer and the recipe sit at the root and load with the Auto classes
+    saved = json.loads((tmp_path / "eval_results.json").read_text())
+    assert saved == pytest.approx(results)
+    for key in ("masked_accuracy", "masked_loss", "perplexity", "pseudo_perplexity", "train_tokens_per_s",
+                "train_wall_time_s"):
+        assert key in saved
+    assert saved["perplexity"] == pytest.approx(torch.tensor(saved["masked_loss"]).exp().item(), rel=1e-6)
+    model = AutoModelForMaskedLM.from_pretrained(tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    assert len(tokenizer) == model.config.vocab_size == 200
+    assert model.config.sparse_prediction is True
+    assert max_abs_diff(weights(tmp_path / "checkpoint-30"), {k: v for k, v in model.state_dict().items()
+                                                               if k in weights(tmp_path / "checkpoint-30")}) == 0
+    assert load_recipe(tmp_path / "recipe.yaml") == recipe
+
+
+def test_gradient_accumulation_equals_the_full_batch(tmp_path, small_tokenizer):
+    """The loss is the token mean over the global batch, however it is cut into micro-batches."""
+    common = ["model.dropout=0.0", "training.max_steps=4", "training.save_steps=100"]
+    training.train(tiny_recipe(small_tokenizer, *common), tmp_path / "full")
+    training.train(tiny_recipe(small_tokenizer, *common, "training.gradient_accumulation_steps=4"), tmp_path / "acc")
+    full, acc = read_log(tmp_path / "full" / "log.jsonl"), read_log(tmp_path / "acc" / "log.jsonl")
+    assert [r["loss"] for r in full] == pytest.approx([r["loss"] for r in acc], abs=1e-5)
+    assert max_abs_diff(weights(tmp_path / "full"), weights(tmp_path / "acc")) < 1e-5
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, small_tokenizer):
+    # dropout stays on: the restored RNG state matters too
+    recipe = tiny_recipe(small_tokenizer, "training.max_steps=20", "training.save_steps=4",
+                         "training.pseudo_perplexity_blocks=0")
+    training.train(recipe, tmp_path / "reference")
+
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe.save(recipe_file)
+    killed = tmp_path / "killed"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "maskae", "train", str(recipe_file), "--output-dir", str(killed)],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not training.complete_checkpoints(killed) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (killed / "model.safetensors").exists()
+
+    # debris a kill can leave: a checkpoint still being written, and one whose marker never came
+    newest = training.latest_checkpoint(killed)
+    (killed / "checkpoint-16.tmp").mkdir(exist_ok=True)
+    (killed / "checkpoint-16.tmp" / "model.safetensors").write_bytes(b"partial")
+    shutil.copytree(newest, killed / "checkpoint-12", dirs_exist_ok=True)
+    (killed / "checkpoint-12" / training.COMPLETE_MARKER).unlink()
+    assert training.latest_checkpoint(killed) == newest
+
+    training.train(recipe, killed, resume=True)
+    assert max_abs_diff(weights(tmp_path / "reference"), weights(killed)) < 1e-5
+    reference_log, resumed_log = read_log(tmp_path / "reference" / "log.jsonl"), read_log(killed / "log.jsonl")
+    assert [r["step"] for r in resumed_log] == list(range(1, 21))
+    assert [r["loss"] for r in resumed_log] == pytest.approx([r["loss"] for r in reference_log], abs=1e-6)
+
+
+def test_only_marked_renamed_checkpoints_count(tmp_path):
+    for name, marked in [("checkpoint-3", True), ("checkpoint-12", True), ("checkpoint-20.tmp", True),
+                         ("checkpoint-15", False), ("checkpoint-x", True)]:
+        (tmp_path / name).mkdir()
+        if marked:
+            (tmp_path / name / training.COMPLETE_MARKER).write_text("{}")
+    assert [p.name for p in training.complete_checkpoints(tmp_path)] == ["checkpoint-3", "checkpoint-12"]
+    assert training.latest_checkpoint(tmp_path).name == "checkpoint-12"
+    assert training.latest_checkpoint(tmp_path / "none") is None
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, small_tokenizer, monkeypatch):
+    calls = {"n": 0}
+    real = training.target_logits
+
+    def poisoned(logits, labels):
+        calls["n"] += 1
+        logits, labels = real(logits, labels)
+        return (logits * float("nan") if calls["n"] == 7 else logits), labels
+
+    monkeypatch.setattr(training, "target_logits", poisoned)
+    with pytest.raises(training.TrainingDivergedError) as error:
+        training.train(tiny_recipe(small_tokenizer, "training.pseudo_perplexity_blocks=0"), tmp_path)
+    message = str(error.value)
+    assert "nan at step 7" in message and "checkpoint-4" in message and "\n" not in message
+    assert [p.name for p in training.complete_checkpoints(tmp_path)] == ["checkpoint-4"]
+    assert not (tmp_path / "model.safetensors").exists()
+    assert max(r["step"] for r in read_log(tmp_path / "log.jsonl")) == 6
+
+
+def test_cli_reports_config_errors_in_one_line(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("training:\n  lrr: 0.1\n")
+    assert main(["train", str(recipe)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "maskae train: error: unknown recipe key training.lrr; did you mean training.lr?"
+
+
+def test_run_level_errors(tmp_path, small_tokenizer):
+    with pytest.raises(ConfigError, match="multiple of 3"):
+        training.train(tiny_recipe(small_tokenizer, "training.gradient_accumulation_steps=3"), tmp_path / "a")
+
+    # a backbone whose embeddings are fewer than the tokenizer's tokens
+    torch.manual_seed(0)
+    backbone = tmp_path / "bert"
+    BertForMaskedLM(BertConfig(vocab_size=99, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=32)).save_pretrained(backbone)
+    with pytest.raises(TokenizerError, match="200 tokens but backbone .* has only 99 embeddings"):
+        training.train(tiny_recipe(small_tokenizer, f"model.backbone={backbone}"), tmp_path / "b")
+
+    (tmp_path / "c" / "checkpoint-4").mkdir(parents=True)
+    (tmp_path / "c" / "checkpoint-4" / training.COMPLETE_MARKER).write_text("{}")
+    with pytest.raises(CheckpointError, match="--resume"):
+        training.train(tiny_recipe(small_tokenizer), tmp_path / "c")
