@@ -130,6 +130,8 @@ def _load_raw(source: str, streaming: bool, split: str) -> tuple[Dataset | Itera
             builder, data_files=[str(f) for f in files], split="train", streaming=streaming, **options
         )
         return loaded, builder == "text"
+    if path.suffix.lower() in BUILDERS or source.startswith(("/", ".", "~")):
+        raise DataError(f"corpus file {source} does not exist; check the path.")
     try:
         loaded = load_dataset(source, split=split, streaming=streaming)
     except Exception as error:  # the Hub raises many types; the user needs the one fact below

@@ -105,6 +105,8 @@ def test_missing_column_and_missing_source(tmp_path):
     path.write_text(json.dumps({"sentence": "hello"}) + "\n")
     with pytest.raises(DataError, match="no column 'text' \\(it has sentence\\); pass text_column"):
         load_corpus(path)
+    with pytest.raises(DataError, match="missing.txt does not exist"):
+        load_corpus(tmp_path / "missing.txt")
     with pytest.raises(DataError, match="no corpus files match"):
         load_corpus(tmp_path / "*.txt")
     with pytest.raises(DataError, match="neither a local path nor a loadable Hub dataset"):
