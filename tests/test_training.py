@@ -131,10 +131,11 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, small_tokenize
 
     # debris a kill can leave: a checkpoint still being written, and one whose marker never came
     newest = training.latest_checkpoint(killed)
-    (killed / "checkpoint-16.tmp").mkdir(exist_ok=True)
-    (killed / "checkpoint-16.tmp" / "model.safetensors").write_bytes(b"partial")
-    shutil.copytree(newest, killed / "checkpoint-12", dirs_exist_ok=True)
-    (killed / "checkpoint-12" / training.COMPLETE_MARKER).unlink()
+    step = int(newest.name.split("-")[1])
+    (killed / f"checkpoint-{step + 8}.tmp").mkdir(exist_ok=True)
+    (killed / f"checkpoint-{step + 8}.tmp" / "model.safetensors").write_bytes(b"partial")
+    shutil.copytree(newest, killed / f"checkpoint-{step + 4}")
+    (killed / f"checkpoint-{step + 4}" / training.COMPLETE_MARKER).unlink()
     assert training.latest_checkpoint(killed) == newest
 
     training.train(recipe, killed, resume=True)

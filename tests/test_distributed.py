@@ -1,0 +1,89 @@
+"""Distribution is real: two gloo processes under `accelerate launch` on CPU train the same model as one
+process on the same global batch, and their checkpoints resume in one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from maskae import training
+from maskae.data import default_corpus
+from maskae.recipe import load_recipe
+from maskae.tokenization import train_tokenizer
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+SHRINK = [
+    "model.hidden_size=16", "model.num_layers=2", "model.split_layer=1", "model.num_heads=2",
+    "model.intermediate_size=32", "model.max_position_embeddings=32", "model.dropout=0.0",
+    "data.block_size=32", "data.max_train_blocks=64", "data.max_eval_blocks=8",
+    "training.batch_size=8", "training.max_steps=6", "training.warmup_steps=1", "training.lr=3e-3",
+    "training.save_steps=3", "training.logging_steps=1", "training.save_total_limit=null",
+    "training.pseudo_perplexity_blocks=1", "training.eval_batch_size=8", "tokenizer.train=null",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def read_log(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def max_abs_diff(a: Path, b: Path) -> float:
+    left, right = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert left.keys() == right.keys()
+    return max(float((left[k] - right[k]).abs().max()) for k in left)
+
+
+def test_two_processes_match_one(tmp_path):
+    tokenizer = tmp_path / "tokenizer"
+    train_tokenizer(default_corpus("train"), vocab_size=200, out_dir=tokenizer)
+    recipe = load_recipe(RECIPES / "tiny-wikitext2.yaml", [*SHRINK, f"tokenizer.path={tokenizer}"])
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe.save(recipe_file)
+
+    two = tmp_path / "two"
+    # `accelerate launch --cpu --num_processes 2` starts a single process in Accelerate 1.x (its --cpu path
+    # is the one-process launcher unless MPI is used); the torchrun-based launcher with ACCELERATE_USE_CPU
+    # starts two gloo processes on CPU. The num_processes check below proves that two really ran.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "ACCELERATE_USE_CPU": "true"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(free_port()), "-m", "maskae", "train", str(recipe_file),
+              "--output-dir", str(two)]
+    done = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    one = tmp_path / "one"
+    training.train(recipe, one)
+
+    assert json.loads((two / "eval_results.json").read_text())["num_processes"] == 2
+    assert json.loads((one / "eval_results.json").read_text())["num_processes"] == 1
+    log_two, log_one = read_log(two / "log.jsonl"), read_log(one / "log.jsonl")
+    assert [r["step"] for r in log_two] == [r["step"] for r in log_one] == [1, 2, 3, 4, 5, 6]
+    # the same global batches (same targets), and the same token-mean loss over each of them
+    assert [r["targets"] for r in log_two] == [r["targets"] for r in log_one]
+    assert [r["loss"] for r in log_two] == pytest.approx([r["loss"] for r in log_one], abs=1e-4)
+    assert log_one[-1]["loss"] < log_one[0]["loss"]
+    assert max_abs_diff(two, one) < 1e-4
+
+    # a checkpoint of the two-process run resumes in one process and ends at the same weights
+    resumed = tmp_path / "resumed"
+    shutil.copytree(two / "checkpoint-3", resumed / "checkpoint-3")
+    shutil.copy(two / "log.jsonl", resumed / "log.jsonl")
+    training.train(recipe, resumed, resume=True)
+    assert max_abs_diff(two, resumed) < 1e-4
+    assert [r["loss"] for r in read_log(resumed / "log.jsonl")] == pytest.approx([r["loss"] for r in log_two], abs=1e-4)
