@@ -1,6 +1,6 @@
 """Training recipes: YAML files that map onto dataclasses, one source of truth for a run.
 
-A recipe has the sections `model`, `tokenizer`, `noise`, `data` and `training`. Every key is a
+A recipe has the sections `model`, `tokenizer`, `noise`, `data`, `training` and `growth`. Every key is a
 dataclass field whose `help` metadata documents it; `maskae train --help` and error messages are
 generated from those fields, so the documentation cannot drift from the code. Values from YAML or
 from `--set section.key=value` are coerced to the field's type; an unknown key is an error that
@@ -137,12 +137,62 @@ class TrainingArgs:
 
 
 @dataclass
+class GrowthStage:
+    layers: int = option(1, "encoder layers during this stage")
+    share: float = option(1.0, "share of training.max_steps spent in this stage")
+
+
+GROWTH_METHODS = ("stack", "append", "greedy")
+
+
+@dataclass
+class GrowthArgs:
+    method: str = option(
+        "stack", "how the encoder grows at a stage boundary: stack (copy its layers on top of themselves), "
+        "append (new layers on top) or greedy (new layers on top, older layers frozen; a last stage that repeats "
+        "the previous depth unfreezes everything)", choices=GROWTH_METHODS,
+    )
+    stages: list[GrowthStage] = option(
+        None, "encoder depth schedule, e.g. [{layers: 1, share: 0.3}, {layers: 2, share: 0.7}]; the last depth "
+        "must equal model.split_layer; empty trains at fixed depth", factory=list,
+    )
+    init: str = option(
+        "random", "append and greedy: new layers start from the family's random init, or with zeroed attention "
+        "and feed-forward output projections (zero_residual: the layer only re-normalises its input)",
+        choices=("random", "zero_residual"),
+    )
+    copy_optimizer_state: bool = option(False, "stack: copied layers also copy their AdamW moments and step count")
+
+    def __post_init__(self) -> None:
+        """Checks that need only this section; the trainer checks the schedule against the model and max_steps."""
+        if not self.stages:
+            return
+        depths = [stage.layers for stage in self.stages]
+        if min(depths) < 1 or any(stage.share <= 0 for stage in self.stages):
+            raise ConfigError(f"growth.stages {self._shown()} needs layers >= 1 and share > 0 in every stage.")
+        if abs(sum(stage.share for stage in self.stages) - 1) > 1e-6:
+            raise ConfigError(f"the shares of growth.stages {self._shown()} sum to "
+                              f"{sum(stage.share for stage in self.stages):g}; make them sum to 1.")
+        growing = depths[:-1] if self.method == "greedy" and len(depths) > 1 and depths[-1] == depths[-2] else depths
+        if any(b <= a for a, b in zip(growing, growing[1:])):
+            raise ConfigError(f"growth.stages {self._shown()} must grow in layers from stage to stage (greedy's last "
+                              "stage may repeat the previous depth to unfreeze everything).")
+        if self.method == "stack" and any(b > 2 * a for a, b in zip(depths, depths[1:])):
+            raise ConfigError(f"growth.method=stack can at most double the encoder per stage, but growth.stages is "
+                              f"{self._shown()}; add intermediate stages or use method append.")
+
+    def _shown(self) -> str:
+        return "[" + ", ".join(f"{{layers: {s.layers}, share: {s.share:g}}}" for s in self.stages) + "]"
+
+
+@dataclass
 class Recipe:
     model: ModelArgs = option(None, "what to train", factory=ModelArgs)
     tokenizer: TokenizerArgs = option(None, "which tokenizer", factory=TokenizerArgs)
     noise: NoiseConfig = option(None, "how the input is corrupted", factory=NoiseConfig)
     data: DataArgs = option(None, "what to train and evaluate on", factory=DataArgs)
     training: TrainingArgs = option(None, "how to train", factory=TrainingArgs)
+    growth: GrowthArgs = option(None, "optional progressive or layer-wise growth of the encoder", factory=GrowthArgs)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -200,6 +250,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 parsed = yaml.safe_load(value)
                 value = parsed if isinstance(parsed, list) else [v for v in value.split(",") if v.strip()]
             return [_coerce(v, item, key) for v in value]
+    except ConfigError:
+        raise  # from a nested section (e.g. one growth stage): already names its key
     except (TypeError, ValueError):
         kinds = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
         kind = kinds.get(inner, "a list" if typing.get_origin(inner) is list else str(inner))
