@@ -296,7 +296,7 @@ class Trainer:
         self.collator = DataCollatorForDenoising(self.tokenizer, noise=self.recipe.noise, seed=args.seed)
         self.eval_batches = self._noised_eval_batches()
 
-        model = build_model(self.recipe, self.tokenizer)
+        model = self.initial_model()
         if args.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         optimizer = build_optimizer(model, self.recipe, accelerator.device)
@@ -307,6 +307,10 @@ class Trainer:
         init_trackers(accelerator, self.recipe)
         if self.resume:
             self._resume()
+
+    def initial_model(self) -> MaskAEForMaskedLM:
+        """The model that training starts from; override to change its starting shape (growth starts shallow)."""
+        return build_model(self.recipe, self.tokenizer)
 
     def _noised_eval_batches(self) -> list[dict[str, torch.Tensor]]:
         """The held-out set noised once with a fixed seed, so every evaluation scores the same targets."""
@@ -528,4 +532,8 @@ class Trainer:
 def train(recipe: Recipe, output_dir: str | Path, resume: bool = False) -> dict[str, float]:
     """Train `recipe` into `output_dir` (continuing from its newest complete checkpoint with `resume`);
     returns the final evaluation."""
+    if recipe.growth.stages:
+        from .growth import GrowthTrainer  # imported here: growth builds on this module
+
+        return GrowthTrainer(recipe, output_dir, resume=resume).train()
     return Trainer(recipe, output_dir, resume=resume).train()
