@@ -243,6 +243,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if inner is float:
             return float(value)
         if inner is str:
+            if isinstance(value, bool):  # YAML 1.1 reads a bare `no` (e.g. mixed_precision: no) as false
+                return "yes" if value else "no"
             return str(value)
         if typing.get_origin(inner) is list:
             (item,) = typing.get_args(inner)

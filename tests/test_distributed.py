@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
 from maskae import training
@@ -45,6 +46,12 @@ def max_abs_diff(a: Path, b: Path) -> float:
     left, right = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
     assert left.keys() == right.keys()
     return max(float((left[k] - right[k]).abs().max()) for k in left)
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerator_state():
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def test_two_processes_match_one(tmp_path):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 from transformers import AutoModelForMaskedLM, AutoTokenizer, BertConfig, BertForMaskedLM
 
@@ -35,6 +36,13 @@ SHRINK = [
     "training.save_steps=4", "training.logging_steps=1", "training.eval_steps=null",
     "training.pseudo_perplexity_blocks=1", "training.eval_batch_size=8", "training.save_total_limit=null",
 ]
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerator_state():
+    """Accelerate's state is a per-process singleton; reset it between runs, as Accelerate's own tests do."""
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 @pytest.fixture(scope="session")
@@ -199,3 +207,39 @@ def test_run_level_errors(tmp_path, small_tokenizer):
     (tmp_path / "c" / "checkpoint-4" / training.COMPLETE_MARKER).write_text("{}")
     with pytest.raises(CheckpointError, match="--resume"):
         training.train(tiny_recipe(small_tokenizer), tmp_path / "c")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_backbone(tmp_path_factory, small_tokenizer) -> Path:
+    """A 4-layer random BERT saved with the shared 200-token tokenizer: a local stand-in for a Hub BERT."""
+    path = tmp_path_factory.mktemp("bert-backbone")
+    torch.manual_seed(0)
+    BertForMaskedLM(BertConfig(vocab_size=200, hidden_size=16, num_hidden_layers=4, num_attention_heads=2,
+                               intermediate_size=32, max_position_embeddings=64)).save_pretrained(path)
+    AutoTokenizer.from_pretrained(small_tokenizer).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "name, hub_id, overrides, expected",
+    [
+        ("bert-linear-decoder.yaml", "google-bert/bert-base-uncased", ["model.split_layer=4"],
+         {"split_layer": 4, "decoder": "linear", "decoder_layers": 0}),
+        ("split-6-6.yaml", "google-bert/bert-base-uncased", ["model.split_layer=2", "training.mixed_precision=no"],
+         {"split_layer": 2, "decoder": "layers", "decoder_layers": 2}),
+        ("minilm-split.yaml", "sentence-transformers/all-MiniLM-L6-v2", [],
+         {"split_layer": 4, "decoder": "layers", "decoder_layers": 2}),
+    ],
+)
+def test_backbone_recipes_train_on_a_shrunken_configuration(tmp_path, request, name, hub_id, overrides, expected):
+    assert load_recipe(RECIPES / name).model.backbone == hub_id  # the recipe itself names the Hub checkpoint
+    backbone = request.getfixturevalue("minilm_path" if "minilm" in name else "tiny_bert_backbone")
+    shrink = [f"model.backbone={backbone}", "data.block_size=32", "data.max_train_blocks=16", "data.max_eval_blocks=4",
+              "training.batch_size=4", "training.max_steps=2", "training.warmup_steps=1", "training.save_steps=2",
+              "training.eval_steps=null", "training.pseudo_perplexity_blocks=1", "training.eval_batch_size=4"]
+    results = training.train(load_recipe(RECIPES / name, [*shrink, *overrides]), tmp_path)
+    model = AutoModelForMaskedLM.from_pretrained(tmp_path)
+    assert {key: getattr(model.config, key) for key in expected} == expected
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in read_log(tmp_path / "log.jsonl"))
+    assert 0 <= results["masked_accuracy"] <= 1 and results["pseudo_perplexity"] > 1
+    assert AutoTokenizer.from_pretrained(tmp_path).vocab_size == AutoTokenizer.from_pretrained(backbone).vocab_size
