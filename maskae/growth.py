@@ -116,8 +116,8 @@ def grow_encoder(model: MaskAEForMaskedLM, depth: int, copy_layers: bool, init: 
         new.append(layer.to(device=reference.device, dtype=reference.dtype).train(model.training))
     layers.extend(new)
     set_encoder_depth(model, depth)
-    if model.is_gradient_checkpointing:
-        model.gradient_checkpointing_enable()  # reaches the new layers too
+    if model.is_activation_checkpointing:
+        model.gradient_checkpointing_enable()  # as the loop did, now reaching the new layers too
     return new
 
 

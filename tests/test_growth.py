@@ -161,9 +161,11 @@ def test_append_zero_residual_layers_start_with_silent_branches(family, tokenize
     recipe = tiny_recipe(tokenizer_dir, "growth.method=append", "growth.init=zero_residual",
                          "growth.stages=[{layers: 1, share: 0.5}, {layers: 3, share: 0.5}]")
     model = tiny_model(family, split_layer=3)
+    model.gradient_checkpointing_enable()
     set_encoder_depth(model, 1)
     optimizer, scheduler = optimizer_and_scheduler(model, recipe)
     enter_stage(model, optimizer, scheduler, recipe, 1)
+    assert all(layer.gradient_checkpointing for layer in encoder_layers(model))
     names = {"bert": ("attention.output.dense", "output.dense"), "distilbert": ("attention.out_lin", "ffn.lin2")}
     for layer in encoder_layers(model)[1:]:
         for name in names[family]:
