@@ -165,6 +165,26 @@ def test_stock_families_early_exit_equals_hidden_states(stock_dir):
         np.testing.assert_allclose(got, mean_pool(states[layer], inputs["attention_mask"]), atol=ATOL, rtol=0)
 
 
+def test_other_architectures_fall_back_to_hidden_states(tmp_path):
+    """A family without a maskae adapter (ALBERT) still gives HF's hidden_states[k]."""
+    from transformers import AlbertConfig, AlbertModel
+
+    torch.manual_seed(0)
+    model = AlbertModel(AlbertConfig(vocab_size=99, embedding_size=16, hidden_size=32, num_hidden_layers=3,
+                                     num_attention_heads=4, intermediate_size=37)).eval()
+    model.save_pretrained(tmp_path)
+    tokenizer = tiny_tokenizer(tmp_path)
+    inputs = tokenizer(TINY_TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        states = model(**inputs, output_hidden_states=True).hidden_states
+    embedder = Embedder.from_pretrained(tmp_path)
+    assert embedder.adapter is None
+    for layer in (0, 2, None):
+        got = embedder.embed(TINY_TEXTS, layer=layer, pooling="max", batch_size=3)
+        reference = states[3 if layer is None else layer].masked_fill(~inputs["attention_mask"].bool()[..., None], -1e9)
+        np.testing.assert_allclose(got, reference.amax(1).numpy(), atol=ATOL, rtol=0)
+
+
 @pytest.fixture
 def tiny_bert_dir(tmp_path):
     from conftest import tiny_stock

@@ -100,16 +100,15 @@ def _join_shards(parts: Path, output: Path) -> int:
     shards = _shards(parts)
     rows = sum(pq.ParquetFile(shard).metadata.num_rows for shard in shards)
     if output.suffix.lower() == ".npy":
+        # Header, then each shard's rows appended: a memory map would keep every written page resident.
         dim = pq.read_schema(shards[0]).field("embedding").type.list_size
-        array = np.lib.format.open_memmap(output, mode="w+", dtype=np.float32, shape=(rows, dim))
-        start = 0
-        for shard in shards:
-            column = pq.read_table(shard).column("embedding").combine_chunks()
-            block = column.flatten().to_numpy().reshape(len(column), dim)
-            array[start : start + len(block)] = block
-            start += len(block)
-        array.flush()
-        del array
+        descr = np.lib.format.dtype_to_descr(np.dtype(np.float32))
+        header = {"descr": descr, "fortran_order": False, "shape": (rows, dim)}
+        with output.open("wb") as handle:
+            np.lib.format.write_array_header_1_0(handle, header)
+            for shard in shards:
+                values = pq.read_table(shard).column("embedding").combine_chunks().flatten()
+                handle.write(values.to_numpy().astype(np.float32, copy=False).tobytes())
     elif output.suffix.lower() == ".parquet":
         with pq.ParquetWriter(output, pq.read_schema(shards[0])) as writer:
             for shard in shards:
