@@ -3,7 +3,8 @@ classic linear reductions of the same width (LSA, PCA) to compare a bottleneck o
 
 The figures on arrays (`sts_spearman`, `probe_accuracy`, `lsa_embeddings`, `pca_embeddings`) are
 separate from the model-facing functions (`evaluate_sts`, `evaluate_probe`, `evaluate_layers`) so
-that they can be checked against independent computations on fixed arrays.
+that they can be checked against independent computations on fixed arrays. `evaluate_mlm` scores
+the decoder side: masked accuracy and pseudo-perplexity, computed by `maskae.mlm_metrics`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from transformers import AutoModelForMaskedLM, AutoTokenizer
+
 from .collator import DataCollatorForDenoising
 from .data import load_corpus, tokenize_and_pack
 from .embeddings import Embedder
@@ -140,6 +142,8 @@ def probe_accuracy(
     if unseen:
         raise DataError(f"the evaluation labels {', '.join(unseen[:5])} never occur in the training data; use matching label sets.")
     eval_y = np.array([lookup[label] for label in eval_labels])
+    if not seeds:
+        raise ConfigError("the probe needs at least one seed; pass e.g. seeds=(0, 1, 2, 3, 4).")
     if len(classes) < 2:
         raise DataError("the training data has a single label; a probe needs at least two classes.")
     accuracy = load_metric("probe_accuracy")

@@ -37,6 +37,13 @@ examples:
 """
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate",
@@ -54,14 +61,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--pooling", choices=[p for p in POOLINGS if p != "none"], default="mean",
                         help="how token vectors become one sentence vector (default: mean)")
     parser.add_argument("--baseline", action="store_true", help="also score LSA and PCA baselines of width --dim")
-    parser.add_argument("--dim", type=int, help="width of the baselines (default: the model's code width)")
+    parser.add_argument("--dim", type=positive_int, help="width of the baselines (default: the model's code width)")
     parser.add_argument("--budgets", default="100,1000,all", help="probe: label budgets, comma-separated (default: 100,1000,all)")
-    parser.add_argument("--seeds", type=int, default=5, help="probe: samples drawn per budget, averaged (default: 5)")
-    parser.add_argument("--max-train", type=int, help="probe: size of the training pool that 'all' means (default: every row)")
-    parser.add_argument("--limit", type=int, help="only the first N evaluation rows (quick checks)")
-    parser.add_argument("--batch-size", type=int, default=32, help="sentences per forward pass (default: 32)")
+    parser.add_argument("--seeds", type=positive_int, default=5, help="probe: samples drawn per budget, averaged (default: 5)")
+    parser.add_argument("--max-train", type=positive_int, help="probe: size of the training pool that 'all' means (default: every row)")
+    parser.add_argument("--limit", type=positive_int, help="only the first N evaluation rows (quick checks)")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="sentences per forward pass (default: 32)")
     parser.add_argument("--max-length", type=int, help="truncate sentences to this many tokens (default: the model's limit)")
-    parser.add_argument("--block-size", type=int, default=128, help="mlm: tokens per block (default: 128)")
+    parser.add_argument("--block-size", type=positive_int, default=128, help="mlm: tokens per block (default: 128)")
     parser.add_argument("--pseudo-blocks", type=int, default=4, help="mlm: blocks scored for pseudo-perplexity (default: 4)")
     parser.add_argument("--output", type=Path, help="layers: where to save the PNG plot (default: layers-<of>.png)")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
