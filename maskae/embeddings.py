@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import cached_file
 
 from .backbones import BACKBONES, get_backbone
@@ -95,27 +95,34 @@ class Embedder:
         device: str | torch.device | None = None,
         tokenizer: PreTrainedTokenizerBase | str | Path | None = None,
     ) -> "Embedder":
-        """Load a MaskAE or stock checkpoint (directory or Hub id) and its tokenizer.
+        """Load a MaskAE or stock checkpoint (directory or Hub id) and its tokenizer."""
+        try:
+            model = AutoModel.from_pretrained(str(name_or_path))
+        except (OSError, ValueError) as error:
+            raise CheckpointError(
+                f"cannot load a model from {str(name_or_path)!r} ({error}); pass a directory with config.json and "
+                "weights, or a Hub model id."
+            ) from None
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        return cls.from_model(model.to(device), tokenizer)
+
+    @classmethod
+    def from_model(
+        cls, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | str | Path | None = None
+    ) -> "Embedder":
+        """Wrap a loaded model; its tokenizer and sentence-transformers settings come from `model.name_or_path`.
 
         A sentence-transformers checkpoint's `max_seq_length` and `do_lower_case` are honoured, as
         sentence-transformers itself does, so that both produce the same vectors.
         """
-        name_or_path = str(name_or_path)
-        try:
-            AutoConfig.from_pretrained(name_or_path)
-            model = AutoModel.from_pretrained(name_or_path)
-        except (OSError, ValueError) as error:
-            raise CheckpointError(
-                f"cannot load a model from {name_or_path!r} ({error}); pass a directory with config.json and "
-                "weights, or a Hub model id."
-            ) from None
-        tokenizer = _load_tokenizer(tokenizer if tokenizer is not None else name_or_path)
-        settings = _sentence_transformers_settings(name_or_path)
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        source = tokenizer if tokenizer is not None else model.name_or_path
+        if not source:
+            raise TokenizerError("this model does not say where its tokenizer is; pass tokenizer=... to embed.")
+        settings = _sentence_transformers_settings(model.name_or_path) if model.name_or_path else {}
         return cls(
-            model.to(device),
-            tokenizer,
+            model,
+            _load_tokenizer(source),
             max_length=settings.get("max_seq_length"),
             lowercase=bool(settings.get("do_lower_case", False)),
         )
@@ -308,17 +315,7 @@ def embed(
     if isinstance(model_or_path, Embedder):
         embedder = model_or_path
     elif isinstance(model_or_path, PreTrainedModel):
-        model = model_or_path if device is None else model_or_path.to(device)
-        source = tokenizer if tokenizer is not None else model.name_or_path
-        if not source:
-            raise TokenizerError("this model does not say where its tokenizer is; pass tokenizer=... to embed.")
-        settings = _sentence_transformers_settings(model.name_or_path) if model.name_or_path else {}
-        embedder = Embedder(
-            model,
-            _load_tokenizer(source),
-            max_length=settings.get("max_seq_length"),
-            lowercase=bool(settings.get("do_lower_case", False)),
-        )
+        embedder = Embedder.from_model(model_or_path if device is None else model_or_path.to(device), tokenizer)
     else:
         embedder = Embedder.from_pretrained(model_or_path, device=device, tokenizer=tokenizer)
     return embedder.embed(
