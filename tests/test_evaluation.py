@@ -19,6 +19,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 from transformers import BertConfig, BertForMaskedLM, BertTokenizer
 
 from maskae import ConfigError, DataError, MaskAEForMaskedLM
@@ -242,8 +243,9 @@ def test_cli_errors_are_one_line(tiny_model, tmp_path, capsys):
 
 def test_plot_command(tiny_model, shared_data, tmp_path, capsys):
     png = tmp_path / "map.png"
-    code, _, _ = run_cli(capsys, "plot", tiny_model, "--data", shared_data / "sst2" / "validation.tsv", "--limit", 50,
-                         "--method", "tsne", "--output", png)
+    with threadpool_limits(1):  # t-SNE's OpenMP threads crawl on a shared, oversubscribed CPU
+        code, _, _ = run_cli(capsys, "plot", tiny_model, "--data", shared_data / "sst2" / "validation.tsv",
+                             "--limit", 50, "--method", "tsne", "--output", png)
     assert code == 0 and png.read_bytes()[:4] == b"\x89PNG"
 
 
