@@ -136,7 +136,10 @@ def main() -> None:
               f"({curve[-1]['step']} steps); reaches the target at {shown}; load average {loads[name][0]:.1f} -> "
               f"{loads[name][1]:.1f}")
     fixed, grown = (summary["runs"][n]["time_to_target_s"] for n in curves)
-    if grown is not None:
+    if fixed == curves["fixed depth"][0]["train_time_s"]:
+        print("the fixed-depth run already had its final accuracy at its first evaluation: the runs are too short "
+              "to leave the starting plateau, and the time-to-target comparison means nothing; train longer")
+    elif grown is not None:
         print(f"progressive stacking needs {100 * (1 - grown / fixed):.1f}% less training time to reach the target")
     (args.out / "growth_curves.json").write_text(json.dumps(summary, indent=2) + "\n")
     note = f"{os.cpu_count()} CPU cores, load average " + ", ".join(
