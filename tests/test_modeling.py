@@ -105,8 +105,7 @@ def run_without_maskae(code: str) -> str:
     return result.stdout
 
 
-@pytest.mark.parametrize("split", [2, 3])
-def test_export_stock_loads_without_maskae(stock_dir, batch, tmp_path, split):
+def test_export_stock_loads_without_maskae(stock_dir, batch, tmp_path, split=3):
     family, path, _ = stock_dir
     ids, mask = batch
     model = MaskAEForMaskedLM.from_backbone(path, split_layer=split, decoder="transformer", decoder_layers=2).eval()

