@@ -49,6 +49,42 @@ def _run_modernbert_layer(layer: nn.Module, hidden: torch.Tensor, context: dict)
     return layer(hidden, attention_mask=context["masks"][kind], position_embeddings=context["rotary"][kind])
 
 
+def _run_bert_layer_at_targets(
+    layer: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor | None, targets: torch.Tensor
+) -> torch.Tensor:
+    """A BERT-style layer's output at the `targets` positions only, as [num_targets, hidden] in the
+    order of `hidden[targets]`. Keys and values still come from every token; the queries, the
+    attention output and the feed-forward block, most of the layer's cost, run only where the head
+    will read. This is the top layer of a sparse-prediction step: other positions are never used."""
+    batch, length, width = hidden.shape
+    attention = layer.attention.self
+    heads, head_dim = attention.num_attention_heads, attention.attention_head_size
+    counts = targets.sum(dim=1)
+    most = int(counts.max())
+    # Each row's target positions first, in order (a stable sort), padded to the row with the most.
+    positions = torch.argsort((~targets).to(torch.uint8), dim=1, stable=True)[:, :most]
+    real = torch.arange(most, device=hidden.device) < counts.unsqueeze(1)
+    rows = hidden.gather(1, positions.unsqueeze(-1).expand(batch, most, width))
+
+    def split_heads(x: torch.Tensor) -> torch.Tensor:
+        return x.view(batch, -1, heads, head_dim).transpose(1, 2)
+
+    key_mask = None
+    if attention_mask is not None and not bool(attention_mask.all()):
+        key_mask = attention_mask.bool()[:, None, None, :]
+    context = torch.nn.functional.scaled_dot_product_attention(
+        split_heads(attention.query(rows)),
+        split_heads(attention.key(hidden)),
+        split_heads(attention.value(hidden)),
+        attn_mask=key_mask,
+        dropout_p=attention.dropout.p if layer.training else 0.0,
+        scale=attention.scaling,
+    )
+    context = context.transpose(1, 2).reshape(batch, most, width)[real]
+    attended = layer.attention.output(context, rows[real])
+    return layer.output(layer.intermediate(attended), attended)
+
+
 class DistilBertMLMHead(nn.Module):
     """DistilBERT's MLM head, which the stock class keeps inline; same parameter names."""
 
@@ -130,6 +166,8 @@ class Backbone:
     run_layer: Callable = _run_plain_layer
     tied_extra: tuple[tuple[str, str], ...] = ()  # further tied pairs inside the head (target, source)
     token_types: bool = True  # embeddings take token_type_ids
+    # The top layer computed only at the target positions (sparse prediction); None runs it densely.
+    run_layer_at_targets: Callable | None = None
 
     def _load(self, name: str) -> type:
         import importlib
@@ -200,23 +238,24 @@ BACKBONES: dict[str, Backbone] = {
             "encoder.layer", "BertLayer", _BERT_HEAD, "cls.predictions.decoder", "embeddings.word_embeddings",
             base_kwargs=(("add_pooling_layer", False),),
             tied_extra=(("cls.predictions.decoder.bias", "cls.predictions.bias"),),
+            run_layer_at_targets=_run_bert_layer_at_targets,
         ),
         Backbone(
             "roberta", "transformers.models.roberta.modeling_roberta", "RobertaModel", "RobertaForMaskedLM",
             "roberta", "encoder.layer", "RobertaLayer", _ROBERTA_HEAD, "lm_head.decoder",
             "embeddings.word_embeddings", base_kwargs=(("add_pooling_layer", False),),
-            tied_extra=(("lm_head.decoder.bias", "lm_head.bias"),),
+            tied_extra=(("lm_head.decoder.bias", "lm_head.bias"),), run_layer_at_targets=_run_bert_layer_at_targets,
         ),
         Backbone(
             "xlm-roberta", "transformers.models.xlm_roberta.modeling_xlm_roberta", "XLMRobertaModel",
             "XLMRobertaForMaskedLM", "roberta", "encoder.layer", "XLMRobertaLayer", _XLMR_HEAD,
             "lm_head.decoder", "embeddings.word_embeddings", base_kwargs=(("add_pooling_layer", False),),
-            tied_extra=(("lm_head.decoder.bias", "lm_head.bias"),),
+            tied_extra=(("lm_head.decoder.bias", "lm_head.bias"),), run_layer_at_targets=_run_bert_layer_at_targets,
         ),
         Backbone(
             "electra", "transformers.models.electra.modeling_electra", "ElectraModel", "ElectraForMaskedLM",
             "electra", "encoder.layer", "ElectraLayer", ElectraMLMHead, "generator_lm_head",
-            "embeddings.word_embeddings",
+            "embeddings.word_embeddings", run_layer_at_targets=_run_bert_layer_at_targets,
         ),
         Backbone(
             "distilbert", "transformers.models.distilbert.modeling_distilbert", "DistilBertModel",

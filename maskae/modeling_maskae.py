@@ -219,20 +219,25 @@ class MaskAEForMaskedLM(MaskAEPreTrainedModel):
         elif config.bottleneck == "projection":
             hidden = self.up(code)
 
-        for layer in self.decoder:
+        sparse = labels is not None and config.sparse_prediction
+        # Under sparse prediction only the targets' top-layer outputs are ever read: compute just those.
+        top_at_targets = sparse and not want_states and len(self.decoder) and adapter.run_layer_at_targets
+        for layer in self.decoder[:-1] if top_at_targets else self.decoder:
             hidden = adapter.run_layer(layer, hidden, context)
             if want_states:
                 states.append(hidden)
+        if sparse:
+            targets = labels != IGNORE_INDEX
+            if top_at_targets:
+                mask = decoder_attention_mask if config.bottleneck == "sentence" else attention_mask
+                hidden = adapter.run_layer_at_targets(self.decoder[-1], hidden, mask, targets)
+            else:  # project to the vocabulary only where there is something to predict
+                hidden = hidden[targets]
+            labels = labels[targets]
         if adapter.final_norm and len(self.decoder):
             hidden = getattr(self.maskae.backbone, adapter.final_norm)(hidden)
             if want_states:
                 states[-1] = hidden
-
-        if labels is not None and config.sparse_prediction:
-            # Project to the vocabulary only where there is something to predict.
-            labels = labels.reshape(-1)
-            keep = labels != IGNORE_INDEX
-            hidden, labels = hidden.reshape(-1, hidden.shape[-1])[keep], labels[keep]
         logits = self.head(hidden)
 
         loss = None

@@ -110,7 +110,7 @@ class TrainingArgs:
     adam_beta2: float = option(0.999, "AdamW beta2")
     adam_epsilon: float = option(1e-8, "AdamW epsilon")
     optimizer_impl: str = option(
-        "auto", "AdamW kernel: auto (fused on CUDA, foreach elsewhere), fused, foreach or for-loop",
+        "auto", "AdamW kernel: auto (fused on CUDA and CPU, foreach elsewhere), fused, foreach or for-loop",
         choices=("auto", "fused", "foreach", "for-loop"),
     )
     lr_scheduler: str = option(

@@ -202,15 +202,18 @@ def test_export_rejects_bottleneck(tmp_path):
         export_stock(model, tmp_path, part="full")
 
 
-def test_sparse_prediction_equals_dense(batch):
-    """Projecting only target positions changes nothing about the loss or the gradients."""
+@pytest.mark.parametrize("shape", [{}, {"decoder": "transformer", "decoder_layers": 2, "bottleneck": "sentence"}])
+def test_sparse_prediction_equals_dense(batch, shape):
+    """Computing the top layer and the vocabulary projection only at the targets changes nothing
+    about the loss or the gradients (padding in the batch; the sentence bottleneck's own decoder mask)."""
     ids, mask = batch
     base = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37,
                       hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     torch.manual_seed(0)
-    dense = MaskAEForMaskedLM(MaskAEConfig(base_config=base, split_layer=2))
-    sparse = MaskAEForMaskedLM(MaskAEConfig(base_config=base, split_layer=2, sparse_prediction=True))
+    dense = MaskAEForMaskedLM(MaskAEConfig(base_config=base, split_layer=2, **shape))
+    sparse = MaskAEForMaskedLM(MaskAEConfig(base_config=base, split_layer=2, sparse_prediction=True, **shape))
     sparse.load_state_dict(dense.state_dict())
+    assert sparse.backbone_adapter.run_layer_at_targets is not None
     labels = torch.full_like(ids, -100)
     labels[0, 1], labels[0, 4], labels[1, 2] = ids[0, 1], ids[0, 4], ids[1, 2]
     out_d = dense(ids, mask, labels=labels)
