@@ -155,6 +155,9 @@ def load_corpus(
     source = str(source)
     dataset, plain_lines = _load_raw(source, streaming, split)
     columns = dataset.column_names
+    if columns is None:  # a streamed csv/json does not know its columns before the first row
+        first = next(iter(dataset), None)
+        columns = list(first) if first is not None else None
     if columns is not None and text_column not in columns:
         raise DataError(
             f"{source} has no column {text_column!r} (it has {', '.join(columns)}); pass text_column=<one of them>."

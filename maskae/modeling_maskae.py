@@ -84,6 +84,9 @@ class MaskAEPreTrainedModel(PreTrainedModel):
 class MaskAEModel(MaskAEPreTrainedModel):
     """The encoder: stock embeddings and the first `split_layer` layers, plus the bottleneck's way down."""
 
+    # Loading a full MaskAEForMaskedLM checkpoint as the encoder alone leaves these out, by design.
+    _keys_to_ignore_on_load_unexpected = [r"^decoder\.", r"^head\.", r"^up\."]
+
     def __init__(self, config: MaskAEConfig):
         super().__init__(config)
         adapter = get_backbone(config.base_config)

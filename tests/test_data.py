@@ -167,3 +167,14 @@ def test_block_size_errors(tokenizer):
         tokenize_and_pack(corpus, tokenizer, 128)
     with pytest.raises(DataError, match="no 'text' column .*load_corpus"):
         tokenize_and_pack(corpus.rename_column("text", "body"), tokenizer, 8)
+
+
+def test_streamed_csv_names_a_missing_column(tmp_path):
+    """A streamed csv only learns its columns from its first row; the error must still name them."""
+    from maskae.data import load_corpus
+
+    path = tmp_path / "labelled.csv"
+    path.write_text("sentence,label\nhello world,1\n")
+    with pytest.raises(DataError, match="has no column 'text' \\(it has sentence, label\\)"):
+        load_corpus(path, "text", streaming=True)
+    assert [row["text"] for row in load_corpus(path, "sentence", streaming=True)] == ["hello world"]
