@@ -298,6 +298,8 @@ class MaskAEForMaskedLM(MaskAEPreTrainedModel):
         state = {}
         for key, value in stock.state_dict().items():
             new_key = adapter.maskae_key(key, split_layer)
+            if decoder == "transformer" and new_key and new_key.startswith("decoder."):
+                continue  # a transformer decoder starts fresh, not from the backbone's upper layers
             if new_key in kept and kept[new_key].shape == value.shape:
                 state[new_key] = value
         missing, unexpected = model.load_state_dict(state, strict=False)

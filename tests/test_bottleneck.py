@@ -67,8 +67,8 @@ def test_sentence_decoder_sees_only_the_pooled_vector(batch, pooling):
     assert (moved.logits - reference.logits).abs().max() > 1e-3
 
 
-def test_sentence_decoder_ignores_encoder_token_inputs_beyond_the_vector(batch):
-    """Two encoder inputs with the same pooled vector give the same logits: here, the same text."""
+def test_sentence_decoder_follows_the_encoder_input(batch):
+    """A different encoder input moves the pooled vector, and with it the reconstruction."""
     ids, mask = batch
     model = sentence_model("cls")
     decoder_ids = torch.full_like(ids, 4)

@@ -16,6 +16,12 @@ from maskae import ConfigError, ExportError, MaskAEConfig, MaskAEForMaskedLM, Ma
 ATOL = 1e-4
 
 
+def tiny_layers(stock) -> torch.nn.ModuleList:
+    """The layer list of a stock *ForMaskedLM, whatever the family calls it."""
+    adapter = maskae.backbones.get_backbone(stock.config)
+    return adapter.layers(getattr(stock, adapter.base_prefix))
+
+
 def stock_outputs(model, ids, mask):
     with torch.no_grad():
         return model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
@@ -66,13 +72,15 @@ def test_transformer_decoder_has_fresh_layers_and_trains(stock_dir, batch):
     ids, mask = batch
     model = MaskAEForMaskedLM.from_backbone(path, split_layer=2, decoder="transformer", decoder_layers=1)
     assert len(model.decoder) == 1
-    stock_layer3 = dict(stock.named_parameters())
-    # the encoder is pretrained, the decoder layer is not a copy of stock layer 2
+    # the encoder is pretrained, the decoder layer is fresh, not a copy of stock layer 2
+    stock_layer2 = dict(tiny_layers(stock)[2].named_parameters())
+    fresh = dict(model.decoder[0].named_parameters())
+    assert fresh.keys() == stock_layer2.keys()
+    assert any(not torch.equal(fresh[name], stock_layer2[name]) for name in fresh if name.endswith("weight"))
     ref = stock_outputs(stock.eval(), ids, mask)
     with torch.no_grad():
         out = model.eval()(ids, attention_mask=mask)
     torch.testing.assert_close(real(out.code, mask), real(ref.hidden_states[2], mask), atol=ATOL, rtol=0)
-    assert stock_layer3  # sanity: the stock model has parameters
     labels = torch.where(mask.bool(), ids, torch.full_like(ids, -100))
     loss = model.train()(ids, attention_mask=mask, labels=labels).loss
     loss.backward()
