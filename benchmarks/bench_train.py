@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -61,12 +62,15 @@ def bert_config(vocab_size: int, dropout: float = 0.1) -> BertConfig:
                       attention_probs_dropout_prob=dropout)
 
 
-# Each maskae variant: (dropout, sparse prediction). The first is maskae's default for pretraining
-# (no dropout, as Cramming and ModernBERT pretrain); the others put one Hugging Face default back.
+# Each maskae variant: (dropout, sparse prediction, fused loss, compiled layers). The first is maskae's
+# default for pretraining (no dropout, as Cramming and ModernBERT pretrain); the others switch one
+# default off, or the optional torch.compile on.
 VARIANTS = {
-    "maskae": (0.0, True),
-    "maskae, dropout 0.1": (0.1, True),
-    "maskae, dense head": (0.0, False),
+    "maskae": (0.0, True, True, False),
+    "maskae, compiled layers": (0.0, True, True, True),
+    "maskae, unfused loss": (0.0, True, False, False),
+    "maskae, dropout 0.1": (0.1, True, True, False),
+    "maskae, dense head": (0.0, False, False, False),
 }
 
 
@@ -77,10 +81,12 @@ def build(way: str, tokenizer, device: torch.device):
         collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
         optimizer = torch.optim.AdamW(model.to(device).parameters(), lr=1e-4)
     else:
-        dropout, sparse = VARIANTS[way]
+        dropout, sparse, fused, compiled = VARIANTS[way]
         config = maskae.MaskAEConfig(base_config=bert_config(len(tokenizer), dropout), split_layer=2,
-                                     sparse_prediction=sparse)
+                                     sparse_prediction=sparse, fused_loss=fused)
         model = maskae.MaskAEForMaskedLM(config).to(device)
+        if compiled:
+            model.compile_layers()
         collator = DataCollatorForDenoising(tokenizer, noise=NoiseConfig(mask_prob=0.15), seed=0)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     return model.train(), collator, optimizer
@@ -100,19 +106,16 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, repeat: int = 10, trials: int = 5) -> float:
-    """FLOP/s of a large square matmul, best of a few trials: the ceiling that MFU is measured against."""
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, repeat: int = 4) -> float:
+    """FLOP/s of a large square matmul: the ceiling that MFU is measured against."""
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     torch.mm(a, b)
-    best = 0.0
-    for _ in range(trials):
-        synchronize(device)
-        start = time.perf_counter()
-        for _ in range(repeat):
-            torch.mm(a, b)
-        synchronize(device)
-        best = max(best, 2 * n**3 * repeat / (time.perf_counter() - start))
-    return best
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeat):
+        torch.mm(a, b)
+    synchronize(device)
+    return 2 * n**3 * repeat / (time.perf_counter() - start)
 
 
 def step_flops(config: BertConfig, targets: float, sparse: bool) -> float:
@@ -161,38 +164,46 @@ def step_benchmark(device: torch.device, dtype: torch.dtype | None, steps: int, 
     data = blocks(tokenizer, BATCH * steps)
     ways = {way: build(way, tokenizer, device) for way in ["hf", *VARIANTS]}
     batches = [data[i * BATCH:(i + 1) * BATCH] for i in range(steps)]
-    times = dict.fromkeys(ways, 0.0)
-    for parts in ways.values():  # warm-up
+    times = {way: [] for way in ways}
+    peaks = {way: [] for way in ways}
+    for parts in ways.values():  # warm-up (and compilation)
         step(*parts, batches[0], device, dtype)
+        step(*parts, batches[1 % steps], device, dtype)
     for _ in range(rounds):
         for way, parts in ways.items():
-            synchronize(device)
-            start = time.perf_counter()
             for features in batches:
+                # The peak is measured right before each timed step, so that each step's MFU compares
+                # like with like on a machine whose speed drifts (shared CPUs); the median is reported.
+                peaks[way].append(matmul_peak(device, dtype or torch.float32))
+                synchronize(device)
+                start = time.perf_counter()
                 step(*parts, features, device, dtype)
-            synchronize(device)
-            times[way] += time.perf_counter() - start
-    peak = matmul_peak(device, dtype or torch.float32)
+                synchronize(device)
+                times[way].append(time.perf_counter() - start)
     collator = ways["maskae"][1]
     targets = sum(int((collator(f)["labels"] != -100).sum()) for f in batches) / steps
     config = bert_config(len(tokenizer))
     n = rounds * steps
     precision = "fp32" if dtype is None else str(dtype).removeprefix("torch.")
     print(f"\n## One training step on {device.type} ({precision}): 4 layers, hidden 256, FFN 1024, "
-          f"vocab {len(tokenizer)}, batch {BATCH} x {SEQ} tokens, {n} steps per way")
+          f"vocab {len(tokenizer)}, batch {BATCH} x {SEQ} tokens, {rounds} rounds of {steps} steps per way")
     threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
-    print(f"torch {torch.__version__}{threads}; matmul peak {peak / 1e9:.1f} GFLOP/s ({precision})")
-    print(f"{'way':22} {'tokens/s':>9} {'vs hf':>6} {'MFU':>6}")
-    hf_tps = n * BATCH * SEQ / times["hf"]
+    all_peaks = sorted(p for way_peaks in peaks.values() for p in way_peaks)
+    print(f"torch {torch.__version__}{threads}; matmul peak {statistics.median(all_peaks) / 1e9:.1f} GFLOP/s "
+          f"({precision}; median of {len(all_peaks)}, range {all_peaks[0] / 1e9:.1f}-{all_peaks[-1] / 1e9:.1f})")
+    print(f"{'way':24} {'tokens/s':>9} {'vs hf':>6} {'MFU':>6}   (MFU: median step; tokens/s: all steps)")
+    hf_tps = n * BATCH * SEQ / sum(times["hf"])
     for way, elapsed in times.items():
         sparse = way != "hf" and VARIANTS[way][1]
-        mfu = step_flops(config, targets, sparse) * n / elapsed / peak
-        tps = n * BATCH * SEQ / elapsed
-        print(f"{way:22} {tps:9.0f} {tps / hf_tps:5.2f}x {mfu:6.1%}")
+        flops = step_flops(config, targets, sparse)
+        mfu = statistics.median(flops / t / p for t, p in zip(elapsed, peaks[way]))
+        tps = n * BATCH * SEQ / sum(elapsed)
+        print(f"{way:24} {tps:9.0f} {tps / hf_tps:5.2f}x {mfu:6.1%}")
     if memory:
-        peaks = {way: measure_memory(way) for way in ("hf", "maskae")}
-        print(f"peak memory above the resident size before training (separate processes): hf {peaks['hf']:.0f} MB, "
-              f"maskae {peaks['maskae']:.0f} MB, ratio {peaks['maskae'] / peaks['hf']:.2f}x")
+        memory_mb = {way: measure_memory(way) for way in ("hf", "maskae")}
+        print(f"peak memory above the resident size before training (separate processes): "
+              f"hf {memory_mb['hf']:.0f} MB, maskae {memory_mb['maskae']:.0f} MB, "
+              f"ratio {memory_mb['maskae'] / memory_mb['hf']:.2f}x")
 
 
 def end_to_end(budget_s: float) -> None:
@@ -268,7 +279,7 @@ def end_to_end(budget_s: float) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=4, help="timed steps per way per round")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds")
     parser.add_argument("--end-to-end", type=float, default=0, metavar="SECONDS",
                         help="also train each way for this wall-clock budget (0 skips)")
     parser.add_argument("--memory-child", choices=["hf", "maskae"], help=argparse.SUPPRESS)

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 from transformers import PreTrainedConfig
-from transformers.activations import get_activation
+from transformers.activations import gelu, get_activation
 from transformers.masking_utils import create_bidirectional_mask
 
 from .errors import UnsupportedBackboneError
@@ -95,8 +95,12 @@ class DistilBertMLMHead(nn.Module):
         self.vocab_layer_norm = nn.LayerNorm(config.dim, eps=1e-12)
         self.vocab_projector = nn.Linear(config.dim, config.vocab_size)
 
+    def features(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Everything before the vocabulary projection."""
+        return self.vocab_layer_norm(self.activation(self.vocab_transform(hidden)))
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.vocab_projector(self.vocab_layer_norm(self.activation(self.vocab_transform(hidden))))
+        return self.vocab_projector(self.features(hidden))
 
 
 class ModernBertMLMHead(nn.Module):
@@ -107,8 +111,11 @@ class ModernBertMLMHead(nn.Module):
         self.head = ModernBertPredictionHead(config)
         self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=config.decoder_bias)
 
+    def features(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.head(hidden)
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.head(hidden))
+        return self.decoder(self.features(hidden))
 
 
 class ElectraMLMHead(nn.Module):
@@ -119,27 +126,46 @@ class ElectraMLMHead(nn.Module):
         self.generator_predictions = ElectraGeneratorPredictions(config)
         self.generator_lm_head = nn.Linear(config.embedding_size, config.vocab_size)
 
+    def features(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.generator_predictions(hidden)
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.generator_lm_head(self.generator_predictions(hidden))
+        return self.generator_lm_head(self.features(hidden))
 
 
 class SingleModuleHead(nn.Module):
-    """A head that the stock class keeps as one attribute (BERT's `cls`, RoBERTa's `lm_head`)."""
+    """A head that the stock class keeps as one attribute (BERT's `cls`, RoBERTa's `lm_head`).
+    `features` runs the stock head up to, not including, its vocabulary projection."""
 
-    def __init__(self, attr: str, module: nn.Module):
+    def __init__(self, attr: str, module: nn.Module, features: Callable[[nn.Module, torch.Tensor], torch.Tensor]):
         super().__init__()
         self.attr = attr
         self.add_module(attr, module)
+        self._features = features
+
+    def features(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self._features(getattr(self, self.attr), hidden)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return getattr(self, self.attr)(hidden)
 
 
-def _single_module_head(attr: str, module_path: str, class_name: str) -> Callable[[PreTrainedConfig], nn.Module]:
+def _bert_head_features(cls: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    return cls.predictions.transform(hidden)
+
+
+def _roberta_head_features(lm_head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    # RobertaLMHead.forward without its last line (`self.decoder(x)`).
+    return lm_head.layer_norm(gelu(lm_head.dense(hidden)))
+
+
+def _single_module_head(
+    attr: str, module_path: str, class_name: str, features: Callable[[nn.Module, torch.Tensor], torch.Tensor]
+) -> Callable[[PreTrainedConfig], nn.Module]:
     def build(config: PreTrainedConfig) -> nn.Module:
         import importlib
 
-        return SingleModuleHead(attr, getattr(importlib.import_module(module_path), class_name)(config))
+        return SingleModuleHead(attr, getattr(importlib.import_module(module_path), class_name)(config), features)
 
     return build
 
@@ -224,10 +250,14 @@ class Backbone:
         return f"maskae.backbone.{rest}"
 
 
-_BERT_HEAD = _single_module_head("cls", "transformers.models.bert.modeling_bert", "BertOnlyMLMHead")
-_ROBERTA_HEAD = _single_module_head("lm_head", "transformers.models.roberta.modeling_roberta", "RobertaLMHead")
+_BERT_HEAD = _single_module_head(
+    "cls", "transformers.models.bert.modeling_bert", "BertOnlyMLMHead", _bert_head_features
+)
+_ROBERTA_HEAD = _single_module_head(
+    "lm_head", "transformers.models.roberta.modeling_roberta", "RobertaLMHead", _roberta_head_features
+)
 _XLMR_HEAD = _single_module_head(
-    "lm_head", "transformers.models.xlm_roberta.modeling_xlm_roberta", "XLMRobertaLMHead"
+    "lm_head", "transformers.models.xlm_roberta.modeling_xlm_roberta", "XLMRobertaLMHead", _roberta_head_features
 )
 
 BACKBONES: dict[str, Backbone] = {

@@ -55,6 +55,9 @@ class MaskAEConfig(PreTrainedConfig):
     pooling (`str`): how the sentence bottleneck and default embeddings pool tokens: "mean" or "cls".
     sparse_prediction (`bool`): with labels, project to the vocabulary only at target positions
         (logits then have shape [num_targets, vocab]).
+    fused_loss (`bool`): under sparse prediction, in training mode with gradients on, compute the vocabulary
+        projection and cross-entropy chunk by chunk without storing the logits (faster, leaner; the
+        output's logits are then None). Needs fp32 and no autocast; otherwise the plain path runs.
     decoder_mask_prob (`float`): for the sentence bottleneck, fraction of the decoder's copy that is masked.
     """
 
@@ -71,6 +74,7 @@ class MaskAEConfig(PreTrainedConfig):
     bottleneck_dim: int | None = None
     pooling: str = "mean"
     sparse_prediction: bool = False
+    fused_loss: bool = True
     decoder_mask_prob: float = 0.5
     tie_word_embeddings: bool = True
 

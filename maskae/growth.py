@@ -202,6 +202,9 @@ class GrowthTrainer(Trainer):
                 f"growth.stages runs in one process only, not {self.accelerator.num_processes}: the distributed wrapper "
                 "would have to be rebuilt around the new layers; train without accelerate launch or drop growth.stages."
             )
+        if self.args.compile:
+            raise ConfigError("growth.stages and training.compile do not mix: new layers would join compiled ones; "
+                              "set training.compile=false.")
         model = super().initial_model()
         self.stage_starts = check_growth(self.recipe.growth, model, self.args.max_steps)
         set_encoder_depth(model, self.recipe.growth.stages[0].layers)

@@ -20,6 +20,7 @@ from transformers.utils import ModelOutput
 from .backbones import Backbone, get_backbone
 from .configuration_maskae import MaskAEConfig, num_layers, with_num_layers
 from .errors import CheckpointError, ConfigError
+from .linear_cross_entropy import linear_cross_entropy
 
 IGNORE_INDEX = -100
 
@@ -37,7 +38,9 @@ class MaskAEModelOutput(ModelOutput):
 
 @dataclass
 class MaskAEMaskedLMOutput(ModelOutput):
-    """logits: [batch, seq, vocab], or [num_targets, vocab] under sparse prediction with labels.
+    """loss: mean cross-entropy over the targets (0.0 when a batch has none).
+    logits: [batch, seq, vocab], or [num_targets, vocab] under sparse prediction with labels; None
+        when the fused loss ran (sparse prediction, training mode, gradients on: see `fused_loss`).
     hidden_states: embeddings, encoder layers, then decoder layers (when asked for)."""
 
     loss: torch.Tensor | None = None
@@ -241,15 +244,41 @@ class MaskAEForMaskedLM(MaskAEPreTrainedModel):
             hidden = getattr(self.maskae.backbone, adapter.final_norm)(hidden)
             if want_states:
                 states[-1] = hidden
-        logits = self.head(hidden)
 
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX)
+        loss = logits = None
+        if sparse and self._fused_loss_applies(hidden):
+            projection = self.get_output_embeddings()
+            summed = linear_cross_entropy(self.head.features(hidden), projection.weight, projection.bias, labels)
+            loss = summed / max(labels.numel(), 1)
+        else:
+            logits = self.head(hidden)
+            if labels is not None:
+                flat = labels.reshape(-1)
+                summed = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), flat, ignore_index=IGNORE_INDEX,
+                                         reduction="sum")
+                loss = summed / max(int((flat != IGNORE_INDEX).sum()), 1)
         output = MaskAEMaskedLMOutput(
             loss=loss, logits=logits, code=code, hidden_states=tuple(states) if want_states else None
         )
         return output if return_dict is not False else output.to_tuple()
+
+    def compile_layers(self, **compile_kwargs) -> None:
+        """torch.compile every transformer layer in place (state-dict keys unchanged). In packed training
+        each layer sees one shape, so it compiles once and its element-wise work (bias, activation,
+        residual, norm) is fused; the sparse top layer and the loss stay eager, since their shapes follow
+        the number of targets, which changes every step (a whole-model compile would recompile)."""
+        for layer in [*self.maskae.layers(), *self.decoder]:
+            layer.compile(**compile_kwargs)
+
+    def _fused_loss_applies(self, hidden: torch.Tensor) -> bool:
+        """The fused loss computes gradients as it goes, in fp32: only for a training step."""
+        return (
+            self.config.fused_loss
+            and self.training
+            and torch.is_grad_enabled()
+            and hidden.dtype == torch.float32
+            and not torch.is_autocast_enabled(hidden.device.type)
+        )
 
     @classmethod
     def from_backbone(

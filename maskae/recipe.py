@@ -121,7 +121,10 @@ class TrainingArgs:
     max_grad_norm: float | None = option(1.0, "clip the gradient norm to this value; empty disables clipping")
     mixed_precision: str = option("no", "autocast precision passed to Accelerate", choices=("no", "bf16", "fp16"))
     sparse_prediction: bool = option(True, "project to the vocabulary only at corrupted positions (faster)")
-    compile: bool = option(False, "wrap the model in torch.compile")
+    fused_loss: bool = option(
+        True, "with sparse prediction, fuse the vocabulary projection and the loss, chunk by chunk (faster, leaner)"
+    )
+    compile: bool = option(False, "torch.compile each transformer layer (fixed shapes; compiles once per layer)")
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass to save memory")
     logging_steps: int = option(10, "write a log.jsonl line every this many steps")
     eval_steps: int | None = option(None, "evaluate every this many steps; empty evaluates at the end only")

@@ -31,10 +31,9 @@ from typing import Iterator
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, TorchDynamoPlugin, is_tensorboard_available, is_trackio_available, set_seed
+from accelerate.utils import ProjectConfiguration, is_tensorboard_available, is_trackio_available, set_seed
 from datasets import Dataset
 from torch import nn
-from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase, get_scheduler
@@ -43,7 +42,7 @@ from . import data as corpus
 from .collator import DataCollatorForDenoising
 from .configuration_maskae import MaskAEConfig, num_layers
 from .errors import CheckpointError, ConfigError, DataError, MaskAEError, TokenizerError
-from .mlm_metrics import masked_lm_metrics, pseudo_perplexity, target_logits
+from .mlm_metrics import masked_lm_metrics, pseudo_perplexity
 from .modeling_maskae import MaskAEForMaskedLM
 from .recipe import Recipe
 
@@ -135,7 +134,7 @@ def build_tokenizer(recipe: Recipe, output_dir: Path, accelerator: Accelerator) 
 def build_model(recipe: Recipe, tokenizer: PreTrainedTokenizerBase) -> MaskAEForMaskedLM:
     """A MaskAE model split from a stock checkpoint, or built from scratch at the recipe's size."""
     args = recipe.model
-    extra = {"sparse_prediction": recipe.training.sparse_prediction}
+    extra = {"sparse_prediction": recipe.training.sparse_prediction, "fused_loss": recipe.training.fused_loss}
     if recipe.noise.decoder_mask_prob is not None:
         extra["decoder_mask_prob"] = recipe.noise.decoder_mask_prob
     split = dict(decoder=args.decoder, decoder_layers=args.decoder_layers, bottleneck=args.bottleneck,
@@ -267,7 +266,6 @@ class Trainer:
             log_with=args.report_to or None,
             project_config=ProjectConfiguration(project_dir=str(self.output_dir)),
             step_scheduler_with_optimizer=False,  # one scheduler step per real optimizer step, any process count
-            dynamo_plugin=TorchDynamoPlugin(backend="inductor") if args.compile else None,
         )
         accelerator = self.accelerator
         if not self.resume and accelerator.is_main_process and complete_checkpoints(self.output_dir):
@@ -297,6 +295,8 @@ class Trainer:
         self.eval_batches = self._noised_eval_batches()
 
         model = self.initial_model()
+        if args.compile:
+            model.compile_layers()
         if args.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         optimizer = build_optimizer(model, self.recipe, accelerator.device)
@@ -387,8 +387,8 @@ class Trainer:
         grad_norm = None
         for micro in self.micro_batches(batch):
             with accelerator.accumulate(model):
-                logits, labels = target_logits(model(**micro).logits, micro["labels"])
-                summed = F.cross_entropy(logits.float(), labels, reduction="sum")
+                # The model's loss is the mean over this micro-batch's targets (0 when it has none).
+                summed = model(**micro).loss * max(int((micro["labels"] != -100).sum()), 1)
                 accelerator.backward(summed * scale)
                 loss_sum += summed.detach()
                 if accelerator.sync_gradients and self.args.max_grad_norm is not None:

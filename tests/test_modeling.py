@@ -210,25 +210,53 @@ def test_export_rejects_bottleneck(tmp_path):
         export_stock(model, tmp_path, part="full")
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("shape", [{}, {"decoder": "transformer", "decoder_layers": 2, "bottleneck": "sentence"}])
-def test_sparse_prediction_equals_dense(batch, shape):
-    """Computing the top layer and the vocabulary projection only at the targets changes nothing
-    about the loss or the gradients (padding in the batch; the sentence bottleneck's own decoder mask)."""
+def test_sparse_prediction_equals_dense(batch, shape, fused):
+    """Computing the top layer and the vocabulary projection only at the targets (and, fused, the
+    loss chunk by chunk) changes nothing about the loss or the gradients (padding in the batch; the
+    sentence bottleneck's own decoder mask)."""
     ids, mask = batch
     base = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37,
                       hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     torch.manual_seed(0)
     dense = MaskAEForMaskedLM(MaskAEConfig(base_config=base, split_layer=2, **shape))
-    sparse = MaskAEForMaskedLM(MaskAEConfig(base_config=base, split_layer=2, sparse_prediction=True, **shape))
+    sparse = MaskAEForMaskedLM(MaskAEConfig(base_config=base, split_layer=2, sparse_prediction=True, fused_loss=fused,
+                                            **shape))
     sparse.load_state_dict(dense.state_dict())
     assert sparse.backbone_adapter.run_layer_at_targets is not None
     labels = torch.full_like(ids, -100)
     labels[0, 1], labels[0, 4], labels[1, 2] = ids[0, 1], ids[0, 4], ids[1, 2]
     out_d = dense(ids, mask, labels=labels)
     out_s = sparse(ids, mask, labels=labels)
-    assert out_s.logits.shape == (3, 99)
+    assert out_s.logits is None if fused else out_s.logits.shape == (3, 99)
+    with torch.no_grad():  # without gradients the fused path steps aside: logits at the targets
+        assert sparse(ids, mask, labels=labels).logits.shape == (3, 99)
     out_d.loss.backward()
     out_s.loss.backward()
     torch.testing.assert_close(out_s.loss, out_d.loss, atol=1e-6, rtol=0)
     for (name, p_d), p_s in zip(dense.named_parameters(), sparse.parameters()):
         torch.testing.assert_close(p_s.grad, p_d.grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_compile_layers_keeps_loss_gradients_and_state_dict_keys(batch):
+    """The optional torch.compile switch compiles the layers in place: same numbers, same checkpoint keys."""
+    ids, mask = batch
+    base = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    model = MaskAEForMaskedLM(MaskAEConfig(base_config=base, split_layer=1, sparse_prediction=True)).train()
+    labels = torch.full_like(ids, -100)
+    labels[0, 3], labels[1, 5] = ids[0, 3], ids[1, 5]
+    eager = model(ids, mask, labels=labels).loss
+    eager.backward()
+    eager_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    keys = list(model.state_dict())
+    model.zero_grad()
+    model.compile_layers()
+    compiled = model(ids, mask, labels=labels).loss
+    compiled.backward()
+    assert list(model.state_dict()) == keys
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, eager_grads[name], rtol=1e-4, atol=1e-6, msg=name)

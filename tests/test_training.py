@@ -18,7 +18,7 @@ from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 from transformers import AutoModelForMaskedLM, AutoTokenizer, BertConfig, BertForMaskedLM
 
-from maskae import training
+from maskae import MaskAEForMaskedLM, training
 from maskae.cli import main
 from maskae.errors import CheckpointError, ConfigError, TokenizerError
 from maskae.recipe import load_recipe
@@ -166,14 +166,17 @@ def test_only_marked_renamed_checkpoints_count(tmp_path):
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, small_tokenizer, monkeypatch):
     calls = {"n": 0}
-    real = training.target_logits
+    real = MaskAEForMaskedLM.forward
 
-    def poisoned(logits, labels):
-        calls["n"] += 1
-        logits, labels = real(logits, labels)
-        return (logits * float("nan") if calls["n"] == 7 else logits), labels
+    def poisoned(self, *args, **kwargs):
+        output = real(self, *args, **kwargs)
+        if self.training and torch.is_grad_enabled():  # training steps, not evaluation
+            calls["n"] += 1
+            if calls["n"] == 7:
+                output.loss = output.loss * float("nan")
+        return output
 
-    monkeypatch.setattr(training, "target_logits", poisoned)
+    monkeypatch.setattr(MaskAEForMaskedLM, "forward", poisoned)
     with pytest.raises(training.TrainingDivergedError) as error:
         training.train(tiny_recipe(small_tokenizer, "training.pseudo_perplexity_blocks=0"), tmp_path)
     message = str(error.value)

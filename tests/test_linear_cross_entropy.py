@@ -1,0 +1,89 @@
+"""The fused, chunked vocabulary projection + cross-entropy equals the plain computation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from maskae import MaskAEForMaskedLM
+from maskae.linear_cross_entropy import linear_cross_entropy
+
+
+def both_ways(hidden, weight, bias, labels, chunk_rows, scale=0.37):
+    """(loss, grads) of the fused function and of F.cross_entropy, for the same upstream gradient."""
+    results = []
+    for fused in (True, False):
+        leaves = [t.detach().clone().requires_grad_() for t in (hidden, weight, bias) if t is not None]
+        h, w, b = leaves if bias is not None else (*leaves, None)
+        if fused:
+            loss = linear_cross_entropy(h, w, b, labels, chunk_rows=chunk_rows)
+        else:
+            loss = F.cross_entropy(F.linear(h, w, b), labels, reduction="sum")
+        (loss * scale).backward()
+        results.append((loss.detach(), [t.grad for t in leaves]))
+    return results
+
+
+@pytest.mark.parametrize("rows,chunk_rows,bias", [(50, 16, True), (50, 50, False), (7, 64, True)])
+def test_equals_cross_entropy(rows, chunk_rows, bias):
+    g = torch.Generator().manual_seed(0)
+    hidden, weight = torch.randn(rows, 24, generator=g), torch.randn(301, 24, generator=g)
+    labels = torch.randint(0, 301, (rows,), generator=g)
+    (fused, fused_grads), (plain, plain_grads) = both_ways(
+        hidden, weight, torch.randn(301, generator=g) if bias else None, labels, chunk_rows
+    )
+    torch.testing.assert_close(fused, plain, rtol=1e-6, atol=1e-4)
+    for ours, theirs in zip(fused_grads, plain_grads, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_logits_beyond_exp_range_take_the_shifted_path():
+    """Logits of several hundred overflow exp() in fp32; the chunk is redone with the max shift."""
+    g = torch.Generator().manual_seed(1)
+    hidden, weight, bias = torch.randn(20, 16, generator=g) * 60, torch.randn(101, 16, generator=g), torch.zeros(101)
+    labels = torch.randint(0, 101, (20,), generator=g)
+    assert F.linear(hidden, weight).abs().max() > 200
+    (fused, fused_grads), (plain, plain_grads) = both_ways(hidden, weight, bias, labels, chunk_rows=8)
+    assert torch.isfinite(fused)
+    torch.testing.assert_close(fused, plain, rtol=1e-6, atol=1e-2)
+    for ours, theirs in zip(fused_grads, plain_grads, strict=True):
+        # Terms of size |hidden| ~ 60 cancel: fp32 agreement is relative to the gradient's scale.
+        assert (ours - theirs).abs().max() <= 1e-5 * theirs.abs().max()
+
+
+def test_no_rows_gives_zero_loss_and_zero_gradients():
+    weight = torch.randn(11, 4, requires_grad=True)
+    loss = linear_cross_entropy(torch.zeros(0, 4, requires_grad=True), weight, None, torch.zeros(0, dtype=torch.long))
+    loss.backward()
+    assert loss.item() == 0.0 and weight.grad.abs().sum().item() == 0.0
+
+
+def test_second_backward_is_refused_readably():
+    hidden = torch.randn(3, 4, requires_grad=True)
+    loss = linear_cross_entropy(hidden, torch.randn(11, 4), None, torch.tensor([1, 2, 3]))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="one backward pass; set config.fused_loss=False"):
+        loss.backward()
+
+
+def test_each_family_fuses_to_the_same_loss_and_gradients(stock_dir, batch):
+    """The head's `features` + its vocabulary projection is the stock head, for every family: the
+    fused training loss and gradients equal the unfused ones (same dropout masks, by seed)."""
+    _, path, _ = stock_dir
+    ids, mask = batch
+    labels = torch.full_like(ids, -100)
+    labels[0, 2], labels[0, 5], labels[1, 1] = ids[0, 2], ids[0, 5], ids[1, 1]
+    runs = []
+    for fused in (True, False):
+        model = MaskAEForMaskedLM.from_backbone(path, split_layer=2, sparse_prediction=True, fused_loss=fused).train()
+        torch.manual_seed(0)
+        output = model(ids, mask, labels=labels)
+        assert (output.logits is None) == fused
+        output.loss.backward()
+        runs.append((output.loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    (fused_loss, fused_grads), (plain_loss, plain_grads) = runs
+    torch.testing.assert_close(fused_loss, plain_loss, rtol=1e-6, atol=1e-6)
+    assert fused_grads.keys() == plain_grads.keys()
+    for name, grad in fused_grads.items():
+        torch.testing.assert_close(grad, plain_grads[name], rtol=1e-5, atol=1e-6, msg=name)
