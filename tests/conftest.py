@@ -24,6 +24,7 @@ from transformers import (  # noqa: E402
 )
 
 REPO = Path(__file__).resolve().parents[1]
+RECIPES = REPO / "recipes"
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=37)
@@ -82,3 +83,41 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip("../shared/data is not present")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def small_tokenizer(tmp_path_factory) -> Path:
+    """A 200-token WordPiece tokenizer learned on the packaged corpus, shared by the training tests."""
+    from maskae.data import default_corpus
+    from maskae.tokenization import train_tokenizer
+
+    path = tmp_path_factory.mktemp("tokenizer")
+    train_tokenizer(default_corpus("train"), vocab_size=200, out_dir=path)
+    return path
+
+
+@pytest.fixture
+def fresh_accelerator_state():
+    """Accelerate's state is a per-process singleton; reset it after a training run, as Accelerate's own tests do."""
+    from accelerate.state import AcceleratorState
+
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a run directory's saved model."""
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+def read_log(path: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines()]

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from transformers import AutoModelForMaskedLM, BertConfig, DistilBertConfig, ModernBertConfig, get_scheduler
 
+from conftest import RECIPES, read_log, weights
 from maskae import MaskAEConfig, MaskAEForMaskedLM, training
-from maskae.data import default_corpus
 from maskae.errors import ConfigError
 from maskae.growth import (
     GrowthTrainer,
@@ -25,10 +24,6 @@ from maskae.growth import (
     stage_starts,
 )
 from maskae.recipe import load_recipe
-from maskae.tokenization import train_tokenizer
-
-REPO = Path(__file__).resolve().parents[1]
-RECIPES = REPO / "recipes"
 
 SHRINK = [
     "model.hidden_size=16", "model.num_layers=4", "model.split_layer=2", "model.num_heads=2",
@@ -41,13 +36,6 @@ SHRINK = [
 STACK = ["growth.method=stack", "growth.stages=[{layers: 1, share: 0.4}, {layers: 2, share: 0.6}]"]
 GREEDY = ["growth.method=greedy",
           "growth.stages=[{layers: 1, share: 0.25}, {layers: 2, share: 0.25}, {layers: 2, share: 0.5}]"]
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("tokenizer")
-    train_tokenizer(default_corpus("train"), vocab_size=200, out_dir=path)
-    return path
 
 
 def tiny_recipe(tokenizer: Path, *overrides: str, name: str = "tiny-wikitext2.yaml"):
@@ -86,19 +74,11 @@ def train_a_step(model, optimizer, scheduler) -> None:
     scheduler.step()
 
 
-def weights(path: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(path / "model.safetensors"))
-
-
-def read_log(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
 # ---------------------------------------------------------------- model surgery, no trainer
 
 
-def test_stack_copies_layers_exactly_and_keeps_optimizer_and_scheduler_in_step(tmp_path, tokenizer_dir):
-    recipe = tiny_recipe(tokenizer_dir, "growth.stages=[{layers: 1, share: 0.2}, {layers: 2, share: 0.3}, "
+def test_stack_copies_layers_exactly_and_keeps_optimizer_and_scheduler_in_step(tmp_path, small_tokenizer):
+    recipe = tiny_recipe(small_tokenizer, "growth.stages=[{layers: 1, share: 0.2}, {layers: 2, share: 0.3}, "
                          "{layers: 4, share: 0.5}]", "growth.copy_optimizer_state=true")
     model = tiny_model()
     set_encoder_depth(model, 1)
@@ -143,8 +123,8 @@ def test_stack_copies_layers_exactly_and_keeps_optimizer_and_scheduler_in_step(t
     assert torch.equal(model(input_ids=ids).logits, loaded(input_ids=ids).logits)
 
 
-def test_stack_without_copying_state_starts_new_layers_fresh(tokenizer_dir):
-    recipe = tiny_recipe(tokenizer_dir, "growth.stages=[{layers: 2, share: 0.5}, {layers: 4, share: 0.5}]")
+def test_stack_without_copying_state_starts_new_layers_fresh(small_tokenizer):
+    recipe = tiny_recipe(small_tokenizer, "growth.stages=[{layers: 2, share: 0.5}, {layers: 4, share: 0.5}]")
     model = tiny_model()
     set_encoder_depth(model, 2)
     optimizer, scheduler = optimizer_and_scheduler(model, recipe)
@@ -157,8 +137,8 @@ def test_stack_without_copying_state_starts_new_layers_fresh(tokenizer_dir):
 
 
 @pytest.mark.parametrize("family", ["bert", "distilbert"])
-def test_append_zero_residual_layers_start_with_silent_branches(family, tokenizer_dir):
-    recipe = tiny_recipe(tokenizer_dir, "growth.method=append", "growth.init=zero_residual",
+def test_append_zero_residual_layers_start_with_silent_branches(family, small_tokenizer):
+    recipe = tiny_recipe(small_tokenizer, "growth.method=append", "growth.init=zero_residual",
                          "growth.stages=[{layers: 1, share: 0.5}, {layers: 3, share: 0.5}]")
     model = tiny_model(family, split_layer=3)
     model.gradient_checkpointing_enable()
@@ -175,15 +155,15 @@ def test_append_zero_residual_layers_start_with_silent_branches(family, tokenize
     assert len(optimizer.param_groups) == 4
 
 
-def test_schedule_checks(tokenizer_dir):
-    assert stage_starts(tiny_recipe(tokenizer_dir, *STACK).growth, 10) == [0, 4]
+def test_schedule_checks(small_tokenizer):
+    assert stage_starts(tiny_recipe(small_tokenizer, *STACK).growth, 10) == [0, 4]
     with pytest.raises(ConfigError, match="split_layer=4; make the last stage's layers 4"):
-        check_growth(tiny_recipe(tokenizer_dir, *STACK).growth, tiny_model(), 10)
+        check_growth(tiny_recipe(small_tokenizer, *STACK).growth, tiny_model(), 10)
     with pytest.raises(ConfigError, match="stage 2 gets no step of training.max_steps=2"):
-        check_growth(tiny_recipe(tokenizer_dir, "growth.stages=[{layers: 1, share: 0.8}, {layers: 2, share: 0.2}]")
+        check_growth(tiny_recipe(small_tokenizer, "growth.stages=[{layers: 1, share: 0.8}, {layers: 2, share: 0.2}]")
                      .growth, tiny_model(split_layer=2), 2)
     with pytest.raises(ConfigError, match="cannot grow a modernbert encoder"):
-        check_growth(tiny_recipe(tokenizer_dir, *STACK).growth, tiny_model("modernbert", split_layer=2), 10)
+        check_growth(tiny_recipe(small_tokenizer, *STACK).growth, tiny_model("modernbert", split_layer=2), 10)
     bad = {
         "growth.stages=[{layers: 1, share: 0.5}, {layers: 3, share: 0.5}]": "at most double",
         "growth.stages=[{layers: 2, share: 0.5}, {layers: 2, share: 0.5}]": "must grow in layers",
@@ -193,9 +173,9 @@ def test_schedule_checks(tokenizer_dir):
     }
     for override, message in bad.items():
         with pytest.raises(ConfigError, match=message):
-            tiny_recipe(tokenizer_dir, override)
+            tiny_recipe(small_tokenizer, override)
     # greedy's last stage may repeat the depth before it (it unfreezes everything)
-    assert tiny_recipe(tokenizer_dir, *GREEDY).growth.stages[-1].layers == 2
+    assert tiny_recipe(small_tokenizer, *GREEDY).growth.stages[-1].layers == 2
 
 
 # ---------------------------------------------------------------- in the training loop
@@ -211,8 +191,8 @@ class FrozenWatch(GrowthTrainer):
         self.trainable[self.state.step] = [all(p.requires_grad for p in layer.parameters()) for layer in layers]
 
 
-def test_greedy_freezes_older_layers_bit_for_bit_until_the_last_stage(tmp_path, tokenizer_dir):
-    recipe = tiny_recipe(tokenizer_dir, *GREEDY, "training.max_steps=12", "training.save_steps=100")
+def test_greedy_freezes_older_layers_bit_for_bit_until_the_last_stage(tmp_path, small_tokenizer):
+    recipe = tiny_recipe(small_tokenizer, *GREEDY, "training.max_steps=12", "training.save_steps=100")
     trainer = FrozenWatch(recipe, tmp_path)
     trainer.snapshots, trainer.trainable = {}, {}
     trainer.train()
@@ -239,9 +219,9 @@ def test_greedy_freezes_older_layers_bit_for_bit_until_the_last_stage(tmp_path, 
     ("stack", [*STACK, "growth.copy_optimizer_state=true"], 10, 4),  # checkpoint written right after growth
     ("greedy", [*GREEDY, "growth.init=random"], 12, 3),  # fresh layers from the RNG, then frozen layers
 ])
-def test_resume_across_a_growth_boundary_is_exact(tmp_path, tokenizer_dir, method, overrides, max_steps, resume_from):
+def test_resume_across_a_growth_boundary_is_exact(tmp_path, small_tokenizer, method, overrides, max_steps, resume_from):
     # dropout stays on: restored RNG states matter too
-    recipe = tiny_recipe(tokenizer_dir, *overrides, f"training.max_steps={max_steps}", f"training.save_steps={resume_from}")
+    recipe = tiny_recipe(small_tokenizer, *overrides, f"training.max_steps={max_steps}", f"training.save_steps={resume_from}")
     reference = tmp_path / "reference"
     training.train(recipe, reference)
 

@@ -241,6 +241,8 @@ def test_sparse_prediction_equals_dense(batch, shape, fused):
 
 def test_compile_layers_keeps_loss_gradients_and_state_dict_keys(batch):
     """The optional torch.compile switch compiles the layers in place: same numbers, same checkpoint keys."""
+    from torch._dynamo.utils import counters
+
     ids, mask = batch
     base = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
                       hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
@@ -254,8 +256,10 @@ def test_compile_layers_keeps_loss_gradients_and_state_dict_keys(batch):
     keys = list(model.state_dict())
     model.zero_grad()
     model.compile_layers()
+    counters.clear()
     compiled = model(ids, mask, labels=labels).loss
     compiled.backward()
+    assert counters["stats"]["unique_graphs"] >= 1  # dynamo really compiled the layers
     assert list(model.state_dict()) == keys
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
     for name, param in model.named_parameters():

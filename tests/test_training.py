@@ -14,19 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState
-from safetensors.torch import load_file
 from transformers import AutoModelForMaskedLM, AutoTokenizer, BertConfig, BertForMaskedLM
 
+from conftest import RECIPES, max_abs_diff, read_log, weights
 from maskae import MaskAEForMaskedLM, training
 from maskae.cli import main
 from maskae.errors import CheckpointError, ConfigError, TokenizerError
 from maskae.recipe import load_recipe
-from maskae.tokenization import train_tokenizer
-from maskae.data import default_corpus
-
-REPO = Path(__file__).resolve().parents[1]
-RECIPES = REPO / "recipes"
 
 SHRINK = [
     "model.hidden_size=16", "model.num_layers=2", "model.split_layer=1", "model.num_heads=2",
@@ -38,37 +32,12 @@ SHRINK = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerator_state():
-    """Accelerate's state is a per-process singleton; reset it between runs, as Accelerate's own tests do."""
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
-@pytest.fixture(scope="session")
-def small_tokenizer(tmp_path_factory) -> Path:
-    """A 200-token WordPiece tokenizer learned on the packaged corpus, shared by the tests."""
-    path = tmp_path_factory.mktemp("tokenizer")
-    train_tokenizer(default_corpus("train"), vocab_size=200, out_dir=path)
-    return path
+pytestmark = pytest.mark.usefixtures("fresh_accelerator_state")
 
 
 def tiny_recipe(tokenizer: Path | None, *overrides: str, name: str = "tiny-wikitext2.yaml"):
     extra = [f"tokenizer.path={tokenizer}", "tokenizer.train=null"] if tokenizer else []
     return load_recipe(RECIPES / name, [*SHRINK, *extra, *overrides])
-
-
-def weights(path: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(path / "model.safetensors"))
-
-
-def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    assert a.keys() == b.keys()
-    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
-
-
-def read_log(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_loss_falls_and_run_writes_everything(tmp_path):
