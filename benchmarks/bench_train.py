@@ -3,9 +3,10 @@
 The Hugging Face way is what `run_mlm_no_trainer.py` does: `BertForMaskedLM` on blocks of grouped
 text, `DataCollatorForLanguageModeling`, `torch.optim.AdamW`. maskae runs the same 4-layer BERT split
 2+2 with sparse prediction (the top layer and the MLM head run only at the targets), its vectorised
-collator, and fused AdamW. Both run alternately
-in one process; peak memory is measured in separate processes, since a process's peak is shared.
-Ablation rows switch one maskae default back to the Hugging Face way's.
+collator, the fused loss and fused AdamW. Both run alternately in one process; peak memory is
+measured in separate processes, since a process's peak is shared. Ablation rows switch one maskae
+default off (or the optional compiled layers on). `--paired` compares maskae with each ablation
+step by step, which is steadier than the table on a host whose speed drifts.
 
 The end-to-end part trains for the same wall-clock budget with `maskae train`'s Trainer and with
 transformers' `Trainer` + `DataCollatorForLanguageModeling`, on the same packed WikiText-2 blocks,
@@ -13,6 +14,7 @@ and scores both on the same noised WikiText-2 validation targets.
 
     python benchmarks/bench_train.py                     # step benchmark
     python benchmarks/bench_train.py --end-to-end 180    # plus 180 s of training each way
+    python benchmarks/bench_train.py --paired 24         # only the paired step-by-step ratios
 """
 
 from __future__ import annotations
@@ -106,16 +108,23 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, repeat: int = 4) -> float:
-    """FLOP/s of a large square matmul: the ceiling that MFU is measured against."""
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    torch.mm(a, b)
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(repeat):
-        torch.mm(a, b)
-    synchronize(device)
-    return 2 * n**3 * repeat / (time.perf_counter() - start)
+class MatmulPeak:
+    """FLOP/s of a large square matmul: the ceiling that MFU is measured against. The operands are
+    made once, so that measuring before every step costs only the matmuls."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype, n: int = 2048, repeat: int = 4):
+        self.a, self.b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+        self.device, self.flops = device, 2 * n**3 * repeat
+        self.repeat = repeat
+        torch.mm(self.a, self.b)
+
+    def measure(self) -> float:
+        synchronize(self.device)
+        start = time.perf_counter()
+        for _ in range(self.repeat):
+            torch.mm(self.a, self.b)
+        synchronize(self.device)
+        return self.flops / (time.perf_counter() - start)
 
 
 def step_flops(config: BertConfig, targets: float, sparse: bool) -> float:
@@ -166,6 +175,7 @@ def step_benchmark(device: torch.device, dtype: torch.dtype | None, steps: int, 
     batches = [data[i * BATCH:(i + 1) * BATCH] for i in range(steps)]
     times = {way: [] for way in ways}
     peaks = {way: [] for way in ways}
+    peak = MatmulPeak(device, dtype or torch.float32)
     for parts in ways.values():  # warm-up (and compilation)
         step(*parts, batches[0], device, dtype)
         step(*parts, batches[1 % steps], device, dtype)
@@ -174,7 +184,7 @@ def step_benchmark(device: torch.device, dtype: torch.dtype | None, steps: int, 
             for features in batches:
                 # The peak is measured right before each timed step, so that each step's MFU compares
                 # like with like on a machine whose speed drifts (shared CPUs); the median is reported.
-                peaks[way].append(matmul_peak(device, dtype or torch.float32))
+                peaks[way].append(peak.measure())
                 synchronize(device)
                 start = time.perf_counter()
                 step(*parts, features, device, dtype)
@@ -204,6 +214,29 @@ def step_benchmark(device: torch.device, dtype: torch.dtype | None, steps: int, 
         print(f"peak memory above the resident size before training (separate processes): "
               f"hf {memory_mb['hf']:.0f} MB, maskae {memory_mb['maskae']:.0f} MB, "
               f"ratio {memory_mb['maskae'] / memory_mb['hf']:.2f}x")
+
+
+def paired(steps: int) -> None:
+    """maskae against each ablation, one step each in turn: a drifting host slows both of a pair alike.
+    Prints the median over pairs of (ablation step time / maskae step time)."""
+    device = torch.device("cpu")
+    tokenizer = tokenizer_30k()
+    data = blocks(tokenizer, BATCH * 4)
+    batches = [data[i * BATCH:(i + 1) * BATCH] for i in range(4)]
+    ways = {way: build(way, tokenizer, device) for way in VARIANTS}
+    for parts in ways.values():  # warm-up (and compilation)
+        for features in batches[:2]:
+            step(*parts, features, device, None)
+    times = {way: [] for way in ways}
+    for i in range(steps):
+        for way, parts in ways.items():
+            start = time.perf_counter()
+            step(*parts, batches[i % len(batches)], device, None)
+            times[way].append(time.perf_counter() - start)
+    print(f"\n## Paired steps on cpu (fp32), {steps} per way: time relative to maskae (median over pairs)")
+    for way, elapsed in times.items():
+        ratio = statistics.median(t / base for t, base in zip(elapsed, times["maskae"]))
+        print(f"{way:24} median step {statistics.median(elapsed):.3f} s   {ratio:.3f}x maskae's time")
 
 
 def end_to_end(budget_s: float) -> None:
@@ -282,10 +315,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds")
     parser.add_argument("--end-to-end", type=float, default=0, metavar="SECONDS",
                         help="also train each way for this wall-clock budget (0 skips)")
+    parser.add_argument("--paired", type=int, default=0, metavar="STEPS",
+                        help="only compare maskae with each ablation, STEPS single steps each in turn")
     parser.add_argument("--memory-child", choices=["hf", "maskae"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
         return peak_memory_child(args.memory_child)
+    if args.paired:
+        return paired(args.paired)
     step_benchmark(torch.device("cpu"), None, args.steps, args.rounds, memory=True)
     if torch.cuda.is_available():
         step_benchmark(torch.device("cuda"), torch.bfloat16, args.steps * 5, args.rounds, memory=False)

@@ -56,7 +56,7 @@ def _run_bert_layer_at_targets(
     order of `hidden[targets]`. Keys and values still come from every token; the queries, the
     attention output and the feed-forward block, most of the layer's cost, run only where the head
     will read. This is the top layer of a sparse-prediction step: other positions are never used."""
-    batch, length, width = hidden.shape
+    batch, _, width = hidden.shape
     attention = layer.attention.self
     heads, head_dim = attention.num_attention_heads, attention.attention_head_size
     counts = targets.sum(dim=1)
