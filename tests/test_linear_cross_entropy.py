@@ -10,14 +10,14 @@ from maskae import MaskAEForMaskedLM
 from maskae.linear_cross_entropy import linear_cross_entropy
 
 
-def both_ways(hidden, weight, bias, labels, chunk_rows, scale=0.37):
+def both_ways(hidden, weight, bias, labels, chunk_rows, vocab_block=64, scale=0.37):
     """(loss, grads) of the fused function and of F.cross_entropy, for the same upstream gradient."""
     results = []
     for fused in (True, False):
         leaves = [t.detach().clone().requires_grad_() for t in (hidden, weight, bias) if t is not None]
         h, w, b = leaves if bias is not None else (*leaves, None)
         if fused:
-            loss = linear_cross_entropy(h, w, b, labels, chunk_rows=chunk_rows)
+            loss = linear_cross_entropy(h, w, b, labels, chunk_rows=chunk_rows, vocab_block=vocab_block)
         else:
             loss = F.cross_entropy(F.linear(h, w, b), labels, reduction="sum")
         (loss * scale).backward()
@@ -25,13 +25,15 @@ def both_ways(hidden, weight, bias, labels, chunk_rows, scale=0.37):
     return results
 
 
-@pytest.mark.parametrize("rows,chunk_rows,bias", [(50, 16, True), (50, 50, False), (7, 64, True)])
-def test_equals_cross_entropy(rows, chunk_rows, bias):
+@pytest.mark.parametrize("rows,chunk_rows,vocab_block,bias",
+                         [(50, 16, 64, True), (50, 50, 100, False), (7, 64, 512, True)])
+def test_equals_cross_entropy(rows, chunk_rows, vocab_block, bias):
+    """Uneven chunks of targets and uneven vocabulary blocks (301 = 4 x 64 + 45), or one of each."""
     g = torch.Generator().manual_seed(0)
     hidden, weight = torch.randn(rows, 24, generator=g), torch.randn(301, 24, generator=g)
     labels = torch.randint(0, 301, (rows,), generator=g)
     (fused, fused_grads), (plain, plain_grads) = both_ways(
-        hidden, weight, torch.randn(301, generator=g) if bias else None, labels, chunk_rows
+        hidden, weight, torch.randn(301, generator=g) if bias else None, labels, chunk_rows, vocab_block
     )
     torch.testing.assert_close(fused, plain, rtol=1e-6, atol=1e-4)
     for ours, theirs in zip(fused_grads, plain_grads, strict=True):
@@ -44,7 +46,7 @@ def test_logits_beyond_exp_range_take_the_shifted_path():
     hidden, weight, bias = torch.randn(20, 16, generator=g) * 60, torch.randn(101, 16, generator=g), torch.zeros(101)
     labels = torch.randint(0, 101, (20,), generator=g)
     assert F.linear(hidden, weight).abs().max() > 200
-    (fused, fused_grads), (plain, plain_grads) = both_ways(hidden, weight, bias, labels, chunk_rows=8)
+    (fused, fused_grads), (plain, plain_grads) = both_ways(hidden, weight, bias, labels, chunk_rows=8, vocab_block=32)
     assert torch.isfinite(fused)
     torch.testing.assert_close(fused, plain, rtol=1e-6, atol=1e-2)
     for ours, theirs in zip(fused_grads, plain_grads, strict=True):
