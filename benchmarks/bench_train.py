@@ -3,7 +3,7 @@
 The Hugging Face way is what `run_mlm_no_trainer.py` does: `BertForMaskedLM` on blocks of grouped
 text, `DataCollatorForLanguageModeling`, `torch.optim.AdamW`. maskae runs the same 4-layer BERT split
 2+2 with sparse prediction (the top layer and the MLM head run only at the targets), its vectorised
-collator, the fused loss and fused AdamW. Both run alternately in one process; peak memory is
+collator, the fused loss, layers run 1024 tokens at a time (on CPU) and fused AdamW. Both run alternately in one process; peak memory is
 measured in separate processes, since a process's peak is shared. Ablation rows switch one maskae
 default off (or the optional compiled layers on). `--paired` compares maskae with each ablation
 step by step, which is steadier than the table on a host whose speed drifts.
@@ -64,15 +64,17 @@ def bert_config(vocab_size: int, dropout: float = 0.1) -> BertConfig:
                       attention_probs_dropout_prob=dropout)
 
 
-# Each maskae variant: (dropout, sparse prediction, fused loss, compiled layers). The first is maskae's
+# Each maskae variant: MaskAEConfig switches (plus dropout and compiled layers). The first is maskae's
 # default for pretraining (no dropout, as Cramming and ModernBERT pretrain); the others switch one
 # default off, or the optional torch.compile on.
+DEFAULTS = dict(dropout=0.0, sparse_prediction=True, fused_loss=True, layer_chunk_tokens=None, compiled=False)
 VARIANTS = {
-    "maskae": (0.0, True, True, False),
-    "maskae, compiled layers": (0.0, True, True, True),
-    "maskae, unfused loss": (0.0, True, False, False),
-    "maskae, dropout 0.1": (0.1, True, True, False),
-    "maskae, dense head": (0.0, False, False, False),
+    "maskae": {},
+    "maskae, compiled layers": dict(compiled=True),
+    "maskae, unchunked layers": dict(layer_chunk_tokens=0),
+    "maskae, unfused loss": dict(fused_loss=False),
+    "maskae, dropout 0.1": dict(dropout=0.1),
+    "maskae, dense head": dict(sparse_prediction=False, fused_loss=False),
 }
 
 
@@ -83,9 +85,9 @@ def build(way: str, tokenizer, device: torch.device):
         collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
         optimizer = torch.optim.AdamW(model.to(device).parameters(), lr=1e-4)
     else:
-        dropout, sparse, fused, compiled = VARIANTS[way]
-        config = maskae.MaskAEConfig(base_config=bert_config(len(tokenizer), dropout), split_layer=2,
-                                     sparse_prediction=sparse, fused_loss=fused)
+        switches = {**DEFAULTS, **VARIANTS[way]}
+        dropout, compiled = switches.pop("dropout"), switches.pop("compiled")
+        config = maskae.MaskAEConfig(base_config=bert_config(len(tokenizer), dropout), split_layer=2, **switches)
         model = maskae.MaskAEForMaskedLM(config).to(device)
         if compiled:
             model.compile_layers()
@@ -204,7 +206,7 @@ def step_benchmark(device: torch.device, dtype: torch.dtype | None, steps: int, 
     print(f"{'way':24} {'tokens/s':>9} {'vs hf':>6} {'MFU':>6}   (MFU: median step; tokens/s: all steps)")
     hf_tps = n * BATCH * SEQ / sum(times["hf"])
     for way, elapsed in times.items():
-        sparse = way != "hf" and VARIANTS[way][1]
+        sparse = way != "hf" and {**DEFAULTS, **VARIANTS[way]}["sparse_prediction"]
         flops = step_flops(config, targets, sparse)
         mfu = statistics.median(flops / t / p for t, p in zip(elapsed, peaks[way]))
         tps = n * BATCH * SEQ / sum(elapsed)

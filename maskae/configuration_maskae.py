@@ -59,6 +59,10 @@ class MaskAEConfig(PreTrainedConfig):
         projection and cross-entropy chunk by chunk without storing the logits (faster, leaner; the
         output's logits are then None). Needs fp32 and no autocast; otherwise the plain path runs.
     decoder_mask_prob (`float`): for the sentence bottleneck, fraction of the decoder's copy that is masked.
+    layer_chunk_tokens (`int`, *optional*): run each layer on a few whole sequences at a time, about this
+        many tokens per chunk. The result is the same (attention stays within a sequence); on a CPU the
+        chunk's activations stay in cache, which measured 6-8% faster per layer at 1024 tokens. None:
+        1024 on a CPU, unchunked on accelerators, where big kernels are what counts; 0: never chunk.
     """
 
     model_type = "maskae"
@@ -76,6 +80,7 @@ class MaskAEConfig(PreTrainedConfig):
     sparse_prediction: bool = False
     fused_loss: bool = True
     decoder_mask_prob: float = 0.5
+    layer_chunk_tokens: int | None = None
     tie_word_embeddings: bool = True
 
     def __post_init__(self, **kwargs):
@@ -114,6 +119,8 @@ class MaskAEConfig(PreTrainedConfig):
                 raise ConfigError(f"split_layer={self.split_layer} must be at least 1.")
             if not self.decoder_layers or self.decoder_layers < 1:
                 raise ConfigError("decoder='transformer' needs decoder_layers >= 1, e.g. decoder_layers=2.")
+        if self.layer_chunk_tokens is not None and self.layer_chunk_tokens < 0:
+            raise ConfigError(f"layer_chunk_tokens={self.layer_chunk_tokens} must be >= 0 (0 turns chunking off).")
         if self.decoder == "linear" and self.bottleneck == "sentence":
             raise ConfigError("bottleneck='sentence' needs a decoder with attention; use decoder='transformer'.")
         wanted = self.split_layer + self.decoder_layers

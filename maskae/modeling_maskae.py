@@ -23,6 +23,9 @@ from .errors import CheckpointError, ConfigError
 from .linear_cross_entropy import linear_cross_entropy
 
 IGNORE_INDEX = -100
+# Tokens per layer chunk on a CPU when `layer_chunk_tokens` is None: 512, 1024 and 2048 measured alike,
+# all 6-8% faster per layer than the whole batch of 4096 tokens (4 layers, hidden 256, FFN 1024).
+CPU_LAYER_CHUNK_TOKENS = 1024
 
 
 @dataclass
@@ -59,6 +62,18 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, how: str) ->
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
 
 
+def batch_slice(value: object, start: int, stop: int, batch: int) -> object:
+    """`value` (a tensor, or dicts and tuples of them) cut to sequences start:stop where it has a batch
+    dimension; what broadcasts over the batch (size 1, as rotary tables) is kept whole."""
+    if isinstance(value, torch.Tensor):
+        return value[start:stop] if value.dim() and value.shape[0] == batch else value
+    if isinstance(value, dict):
+        return {key: batch_slice(item, start, stop, batch) for key, item in value.items()}
+    if isinstance(value, tuple):
+        return tuple(batch_slice(item, start, stop, batch) for item in value)
+    return value
+
+
 class MaskAEPreTrainedModel(PreTrainedModel):
     config_class = MaskAEConfig
     base_model_prefix = "maskae"
@@ -75,6 +90,21 @@ class MaskAEPreTrainedModel(PreTrainedModel):
     @property
     def backbone_adapter(self) -> Backbone:
         return get_backbone(self.config.base_config)
+
+    def run_layer(self, layer: nn.Module, hidden: torch.Tensor, context: dict) -> torch.Tensor:
+        """One stock layer, a few whole sequences at a time where `layer_chunk_tokens` says so."""
+        adapter = self.backbone_adapter
+        batch, length = hidden.shape[:2]
+        tokens = self.config.layer_chunk_tokens
+        if tokens is None:
+            tokens = CPU_LAYER_CHUNK_TOKENS if hidden.device.type == "cpu" else 0
+        sequences = max(1, tokens // length) if tokens else batch
+        if sequences >= batch:
+            return adapter.run_layer(layer, hidden, context)
+        return torch.cat([
+            adapter.run_layer(layer, hidden[start:start + sequences], batch_slice(context, start, start + sequences, batch))
+            for start in range(0, batch, sequences)
+        ])
 
     def _stock_model(self) -> PreTrainedModel:
         return self.maskae.backbone if hasattr(self, "maskae") else self.backbone
@@ -125,7 +155,7 @@ class MaskAEModel(MaskAEPreTrainedModel):
         states = [hidden] if output_hidden_states else []
         depth = self.config.split_layer if num_layers is None else num_layers
         for layer in self.layers()[:depth]:
-            hidden = adapter.run_layer(layer, hidden, context)
+            hidden = self.run_layer(layer, hidden, context)
             if output_hidden_states:
                 states.append(hidden)
         if adapter.final_norm and depth == self.config.split_layer + self.config.decoder_layers:
@@ -229,7 +259,7 @@ class MaskAEForMaskedLM(MaskAEPreTrainedModel):
         # Under sparse prediction only the targets' top-layer outputs are ever read: compute just those.
         top_at_targets = sparse and not want_states and len(self.decoder) and adapter.run_layer_at_targets
         for layer in self.decoder[:-1] if top_at_targets else self.decoder:
-            hidden = adapter.run_layer(layer, hidden, context)
+            hidden = self.run_layer(layer, hidden, context)
             if want_states:
                 states.append(hidden)
         if sparse:

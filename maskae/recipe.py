@@ -124,6 +124,10 @@ class TrainingArgs:
     fused_loss: bool = option(
         True, "with sparse prediction, fuse the vocabulary projection and the loss, chunk by chunk (faster, leaner)"
     )
+    layer_chunk_tokens: int | None = option(
+        None, "run each layer on whole sequences about this many tokens at a time (same result; faster on a CPU, "
+        "where activations then stay in cache); empty: 1024 on a CPU, unchunked on GPUs; 0: never"
+    )
     compile: bool = option(False, "torch.compile each transformer layer (fixed shapes; compiles once per layer)")
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass to save memory")
     logging_steps: int = option(10, "write a log.jsonl line every this many steps")

@@ -134,7 +134,8 @@ def build_tokenizer(recipe: Recipe, output_dir: Path, accelerator: Accelerator) 
 def build_model(recipe: Recipe, tokenizer: PreTrainedTokenizerBase) -> MaskAEForMaskedLM:
     """A MaskAE model split from a stock checkpoint, or built from scratch at the recipe's size."""
     args = recipe.model
-    extra = {"sparse_prediction": recipe.training.sparse_prediction, "fused_loss": recipe.training.fused_loss}
+    extra = {"sparse_prediction": recipe.training.sparse_prediction, "fused_loss": recipe.training.fused_loss,
+             "layer_chunk_tokens": recipe.training.layer_chunk_tokens}
     if recipe.noise.decoder_mask_prob is not None:
         extra["decoder_mask_prob"] = recipe.noise.decoder_mask_prob
     split = dict(decoder=args.decoder, decoder_layers=args.decoder_layers, bottleneck=args.bottleneck,

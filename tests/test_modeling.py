@@ -44,6 +44,27 @@ def test_layers_decoder_reproduces_stock_logits(stock_dir, batch, split):
     torch.testing.assert_close(real(out.code, mask), real(ref.hidden_states[split], mask), atol=ATOL, rtol=0)
 
 
+def test_layer_chunks_reproduce_stock_logits_and_gradients(stock_dir, batch):
+    """Each layer run one sequence at a time (the padding mask, ModernBERT's window masks and rotary
+    tables cut or kept to match) is still the stock model, and trains with the same gradients."""
+    family, path, stock = stock_dir
+    ids, mask = batch
+    chunked = MaskAEForMaskedLM.from_backbone(path, split_layer=2, layer_chunk_tokens=ids.shape[1]).eval()
+    whole = MaskAEForMaskedLM.from_backbone(path, split_layer=2, layer_chunk_tokens=0).eval()
+    calls = []
+    chunked.decoder[0].register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        out = chunked(ids, attention_mask=mask)
+    assert len(calls) == len(ids)  # really chunked: one call per sequence
+    ref = stock_outputs(stock, ids, mask)
+    torch.testing.assert_close(real(out.logits, mask), real(ref.logits, mask), atol=ATOL, rtol=0)
+    labels = torch.where(mask.bool(), ids, -100)
+    for model in (chunked, whole):  # eval mode: no dropout, whose masks would differ by chunk
+        model(ids, attention_mask=mask, labels=labels).loss.backward()
+    for (name, theirs), ours in zip(whole.named_parameters(), chunked.parameters()):
+        torch.testing.assert_close(ours.grad, theirs.grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
 @pytest.mark.parametrize("split", [1, 3])
 def test_linear_decoder_is_stock_head_on_hidden_state(stock_dir, batch, split):
     family, path, stock = stock_dir
@@ -184,6 +205,8 @@ def test_config_errors_are_readable():
         MaskAEConfig(base_config=base, split_layer=2, decoder="transformer")
     with pytest.raises(ConfigError, match="bottleneck_dim"):
         MaskAEConfig(base_config=base, split_layer=2, bottleneck="projection")
+    with pytest.raises(ConfigError, match=r"layer_chunk_tokens=-1 must be >= 0"):
+        MaskAEConfig(base_config=base, split_layer=2, layer_chunk_tokens=-1)
     assert issubclass(ConfigError, maskae.MaskAEError)
 
 
