@@ -3,10 +3,11 @@
 The Hugging Face way is what `run_mlm_no_trainer.py` does: `BertForMaskedLM` on blocks of grouped
 text, `DataCollatorForLanguageModeling`, `torch.optim.AdamW`. maskae runs the same 4-layer BERT split
 2+2 with sparse prediction (the top layer and the MLM head run only at the targets), its vectorised
-collator, the fused loss, layers run 1024 tokens at a time (on CPU) and fused AdamW. Both run alternately in one process; peak memory is
-measured in separate processes, since a process's peak is shared. Ablation rows switch one maskae
-default off (or the optional compiled layers on). `--paired` compares maskae with each ablation
-step by step, which is steadier than the table on a host whose speed drifts.
+collator, the fused loss, layers run 1024 tokens at a time (on CPU) and fused AdamW. Both run
+alternately in one process; peak memory is measured in separate processes, since a process's peak
+is shared. Ablation rows switch one maskae default off (or the optional compiled layers on).
+`--paired` compares maskae with each ablation step by step, which is steadier than the table on a
+host whose speed drifts.
 
 The end-to-end part trains for the same wall-clock budget with `maskae train`'s Trainer and with
 transformers' `Trainer` + `DataCollatorForLanguageModeling`, on the same packed WikiText-2 blocks,

@@ -27,16 +27,22 @@ MIN_CHUNK_ROWS = 32
 VOCAB_BLOCK = 512
 
 
+def _project(weight: torch.Tensor, bias: torch.Tensor | None, chunk: torch.Tensor, logits: torch.Tensor,
+             start: int, block: int) -> torch.Tensor:
+    """Vocabulary rows start:start+block of the [vocab, chunk] logits, written into `logits`."""
+    rows = logits[start:start + block]
+    torch.mm(weight[start:start + block], chunk.t(), out=rows)
+    if bias is not None:
+        rows.add_(bias[start:start + block].unsqueeze(1))
+    return rows
+
+
 def _exp_logits(weight: torch.Tensor, bias: torch.Tensor | None, chunk: torch.Tensor, logits: torch.Tensor,
                 block: int, shift: torch.Tensor | None = None) -> torch.Tensor:
-    """Fill `logits` [vocab, chunk] with exp(weight @ chunk.T + bias - shift), block by block; return the
-    sums over the vocabulary."""
+    """Fill `logits` with exp(logits - shift), block by block; return the sums over the vocabulary."""
     total = chunk.new_zeros(chunk.shape[0])
     for start in range(0, weight.shape[0], block):
-        rows = logits[start:start + block]
-        torch.mm(weight[start:start + block], chunk.t(), out=rows)
-        if bias is not None:
-            rows.add_(bias[start:start + block].unsqueeze(1))
+        rows = _project(weight, bias, chunk, logits, start, block)
         if shift is not None:
             rows.sub_(shift)
         total += rows.exp_().sum(dim=0)
@@ -47,11 +53,7 @@ def _logits_max(weight: torch.Tensor, bias: torch.Tensor | None, chunk: torch.Te
                 block: int) -> torch.Tensor:
     shift = chunk.new_full((chunk.shape[0],), -torch.inf)
     for start in range(0, weight.shape[0], block):
-        rows = logits[start:start + block]
-        torch.mm(weight[start:start + block], chunk.t(), out=rows)
-        if bias is not None:
-            rows.add_(bias[start:start + block].unsqueeze(1))
-        shift = torch.maximum(shift, rows.amax(dim=0))
+        shift = torch.maximum(shift, _project(weight, bias, chunk, logits, start, block).amax(dim=0))
     return shift
 
 

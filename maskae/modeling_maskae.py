@@ -102,8 +102,8 @@ class MaskAEPreTrainedModel(PreTrainedModel):
         if sequences >= batch:
             return adapter.run_layer(layer, hidden, context)
         return torch.cat([
-            adapter.run_layer(layer, hidden[start:start + sequences], batch_slice(context, start, start + sequences, batch))
-            for start in range(0, batch, sequences)
+            adapter.run_layer(layer, hidden[s:s + sequences], batch_slice(context, s, s + sequences, batch))
+            for s in range(0, batch, sequences)
         ])
 
     def _stock_model(self) -> PreTrainedModel:
