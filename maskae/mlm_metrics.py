@@ -16,7 +16,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-IGNORE_INDEX = -100
+from .noise import IGNORE_INDEX
+
 METRIC_PATH = Path(__file__).parent / "metrics" / "masked_accuracy" / "masked_accuracy.py"
 
 

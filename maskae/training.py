@@ -44,6 +44,7 @@ from .configuration_maskae import MaskAEConfig, num_layers
 from .errors import CheckpointError, ConfigError, DataError, MaskAEError, TokenizerError
 from .mlm_metrics import masked_lm_metrics, pseudo_perplexity
 from .modeling_maskae import MaskAEForMaskedLM
+from .noise import IGNORE_INDEX
 from .recipe import Recipe
 
 logger = logging.getLogger(__name__)
@@ -380,7 +381,7 @@ class Trainer:
         """One optimizer step on a global batch; returns its mean loss over the targets, the gradient
         norm before clipping and the number of targets."""
         accelerator, model = self.accelerator, self.model
-        num_targets = int((batch["labels"] != -100).sum())
+        num_targets = int((batch["labels"] != IGNORE_INDEX).sum())
         # Each rank's summed loss over the global target count; Accelerate divides by the accumulation
         # steps and DDP averages over ranks, hence the factor: the gradient is that of the global mean.
         scale = accelerator.num_processes * self.args.gradient_accumulation_steps / max(num_targets, 1)
@@ -389,7 +390,7 @@ class Trainer:
         for micro in self.micro_batches(batch):
             with accelerator.accumulate(model):
                 # The model's loss is the mean over this micro-batch's targets (0 when it has none).
-                summed = model(**micro).loss * max(int((micro["labels"] != -100).sum()), 1)
+                summed = model(**micro).loss * max(int((micro["labels"] != IGNORE_INDEX).sum()), 1)
                 accelerator.backward(summed * scale)
                 loss_sum += summed.detach()
                 if accelerator.sync_gradients and self.args.max_grad_norm is not None:
