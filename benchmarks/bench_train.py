@@ -79,6 +79,11 @@ VARIANTS = {
 }
 
 
+def switches(way: str) -> dict:
+    """A maskae variant's full set of switches: the defaults with the variant's changes."""
+    return {**DEFAULTS, **VARIANTS[way]}
+
+
 def build(way: str, tokenizer, device: torch.device):
     torch.manual_seed(0)
     if way == "hf":
@@ -86,9 +91,10 @@ def build(way: str, tokenizer, device: torch.device):
         collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
         optimizer = torch.optim.AdamW(model.to(device).parameters(), lr=1e-4)
     else:
-        switches = {**DEFAULTS, **VARIANTS[way]}
-        dropout, compiled = switches.pop("dropout"), switches.pop("compiled")
-        config = maskae.MaskAEConfig(base_config=bert_config(len(tokenizer), dropout), split_layer=2, **switches)
+        config_switches = switches(way)
+        dropout, compiled = config_switches.pop("dropout"), config_switches.pop("compiled")
+        config = maskae.MaskAEConfig(base_config=bert_config(len(tokenizer), dropout), split_layer=2,
+                                     **config_switches)
         model = maskae.MaskAEForMaskedLM(config).to(device)
         if compiled:
             model.compile_layers()
@@ -207,7 +213,7 @@ def step_benchmark(device: torch.device, dtype: torch.dtype | None, steps: int, 
     print(f"{'way':24} {'tokens/s':>9} {'vs hf':>6} {'MFU':>6}   (MFU: median step; tokens/s: all steps)")
     hf_tps = n * BATCH * SEQ / sum(times["hf"])
     for way, elapsed in times.items():
-        sparse = way != "hf" and {**DEFAULTS, **VARIANTS[way]}["sparse_prediction"]
+        sparse = way != "hf" and switches(way)["sparse_prediction"]
         flops = step_flops(config, targets, sparse)
         mfu = statistics.median(flops / t / p for t, p in zip(elapsed, peaks[way]))
         tps = n * BATCH * SEQ / sum(elapsed)
