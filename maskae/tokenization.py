@@ -2,10 +2,21 @@
 
 The result is a `PreTrainedTokenizerFast` saved with `save_pretrained`, so `AutoTokenizer` loads it,
 and it always has a mask token for denoising.
+
+Training is deterministic: the same corpus gives the same `tokenizer.json`, byte for byte. The
+`tokenizers` WordPiece trainer (0.23) gives each continuation piece `##c` the next free id in the
+iteration order of a Rust `HashMap` of words, which is seeded at random per process, and it breaks
+ties between equally frequent merges by those ids; so two runs learned different vocabularies. Here
+every `##c` the corpus can produce is handed to the trainer up front, in code-point order, as a
+leading "special" token (the only tokens whose ids the trainer takes in the order given), and that
+special status is removed again afterwards. Byte-level BPE needs nothing: its whole alphabet is
+fixed and sorted before the words are read.
 """
 
 from __future__ import annotations
 
+import json
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,6 +77,37 @@ def _batches(corpus: Dataset, batch_size: int = 1000) -> Iterator[list[str]]:
         yield corpus[start : start + batch_size]["text"]
 
 
+def _continuation_pieces(corpus: Dataset, tokenizer: Tokenizer) -> list[str]:
+    """`##c` for every normalised character that can continue a word, sorted by code point.
+
+    The normaliser works character by character (lower-casing, NFD accent stripping, spacing out CJK),
+    so normalising each distinct raw character finds every character of the normalised text. A
+    character that the pre-tokeniser splits off (whitespace, punctuation) or the normaliser spaces
+    out (CJK) never continues a word and gets no piece. Pieces for characters that only ever start a
+    word are kept: unused, but they cost no determinism.
+    """
+    raw: set[str] = set()
+    for batch in _batches(corpus, batch_size=10_000):
+        raw.update(*batch)
+    normalize = tokenizer.normalizer.normalize_str
+    chars = {char for text in map(normalize, raw) for char in text}
+    pieces = []
+    for char in sorted(chars):
+        if char.isspace() or unicodedata.category(char) in ("Mn", "Cc") or normalize(char) != char:
+            continue
+        words = [word for word, _ in tokenizer.pre_tokenizer.pre_tokenize_str("a" + char)]
+        if words == ["a" + char]:
+            pieces.append("##" + char)
+    return pieces
+
+
+def _without_added(tokenizer: Tokenizer, contents: set[str]) -> Tokenizer:
+    """The same tokenizer with `contents` removed from its added tokens (they stay in the vocabulary)."""
+    state = json.loads(tokenizer.to_str())
+    state["added_tokens"] = [token for token in state["added_tokens"] if token["content"] not in contents]
+    return Tokenizer.from_str(json.dumps(state))
+
+
 def train_tokenizer(
     corpus: str | Path,
     vocab_size: int,
@@ -89,8 +131,12 @@ def train_tokenizer(
     texts = load_corpus(corpus, text_column=text_column)
     build = _wordpiece if kind == "wordpiece" else _bpe
     tokenizer, trainer = build(lowercase, vocab_size, min_frequency)
+    if kind == "wordpiece":
+        pieces = _continuation_pieces(texts, tokenizer)
+        trainer.special_tokens = trainer.special_tokens + [AddedToken(p, special=True) for p in pieces]
     tokenizer.train_from_iterator(_batches(texts), trainer=trainer, length=len(texts))
     if kind == "wordpiece":
+        tokenizer = _without_added(tokenizer, set(pieces))
         cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
         tokenizer.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]",
