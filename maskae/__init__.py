@@ -16,6 +16,7 @@ from .errors import (
 from .export import export_stock
 from .hub import save_for_hub
 from .embeddings import Embedder, embed
+from .whitening import Whitening, fit_whitening
 from .modeling_maskae import MaskAEForMaskedLM, MaskAEModel, MaskAEPreTrainedModel
 from .noise import NoiseConfig
 
@@ -46,5 +47,7 @@ __all__ = [
     "save_for_hub",
     "Embedder",
     "embed",
+    "Whitening",
+    "fit_whitening",
     "UnsupportedBackboneError",
 ]

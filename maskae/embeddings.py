@@ -22,6 +22,7 @@ from .backbones import BACKBONES, get_backbone
 from .configuration_maskae import num_layers
 from .errors import CheckpointError, ConfigError, DataError, TokenizerError
 from .modeling_maskae import MaskAEForMaskedLM, MaskAEModel, pool
+from .whitening import Whitening
 
 POOLINGS = ("mean", "cls", "max", "none")
 LAYER_COMBINES = ("mean", "concat")
@@ -67,12 +68,14 @@ class Embedder:
         tokenizer: PreTrainedTokenizerBase,
         max_length: int | None = None,
         lowercase: bool = False,
+        whitening: Whitening | None = None,
     ):
         if isinstance(model, MaskAEForMaskedLM):
             model = model.maskae
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.lowercase = lowercase
+        self.whitening = whitening
         self.is_maskae = isinstance(model, MaskAEModel)
         config = model.config
         if self.is_maskae:
@@ -114,7 +117,8 @@ class Embedder:
         """Wrap a loaded model; its tokenizer and sentence-transformers settings come from `model.name_or_path`.
 
         A sentence-transformers checkpoint's `max_seq_length` and `do_lower_case` are honoured, as
-        sentence-transformers itself does, so that both produce the same vectors.
+        sentence-transformers itself does, so that both produce the same vectors; a whitening saved
+        beside the model (`maskae.fit_whitening`) is loaded and applied to matching requests.
         """
         source = tokenizer if tokenizer is not None else model.name_or_path
         if not source:
@@ -125,6 +129,7 @@ class Embedder:
             _load_tokenizer(source),
             max_length=settings.get("max_seq_length"),
             lowercase=bool(settings.get("do_lower_case", False)),
+            whitening=Whitening.load(model.name_or_path) if model.name_or_path else None,
         )
 
     @property
@@ -205,6 +210,16 @@ class Embedder:
             attention_mask[i, : len(row)] = 1
         return torch.from_numpy(input_ids).to(self.device), torch.from_numpy(attention_mask).to(self.device)
 
+    def whitening_for(self, layer: LayerSpec, pooling: str) -> Whitening | None:
+        """The stored whitening if it was fitted on the embeddings this request asks for, else None."""
+        w = self.whitening
+        if w is None or pooling == "none" or not (isinstance(layer, int) or layer is None):
+            return None
+        sentence_code = layer is None and self.is_maskae and self.model.config.bottleneck == "sentence"
+        if self.resolve_layers(layer) != self.resolve_layers(w.layer) or not (sentence_code or pooling == w.pooling):
+            return None
+        return w
+
     def check_request(
         self, layer: LayerSpec, pooling: str, layer_combine: str = "mean", batch_size: int = 1
     ) -> list[int] | None:
@@ -234,9 +249,11 @@ class Embedder:
         max_length: int | None = None,
         show_progress: bool = False,
         layer_combine: str = "mean",
+        whiten: bool = True,
     ) -> np.ndarray:
         """Embed `texts`; see `maskae.embed` for the arguments."""
         layers = self.check_request(layer, pooling, layer_combine, batch_size)
+        whitening = self.whitening_for(layer, pooling) if whiten else None
         sentence_code = layers is None and self.model.config.bottleneck == "sentence"
         texts = [texts] if isinstance(texts, str) else list(texts)
         if not texts:
@@ -255,6 +272,8 @@ class Embedder:
                 vectors = self._represent(input_ids, attention_mask, layers, layer_combine)
                 if not sentence_code and pooling != "none":
                     vectors = _pool(vectors, attention_mask, pooling)
+                if whitening is not None:
+                    vectors = torch.from_numpy(whitening.apply(vectors.float().cpu().numpy()))
                 if normalize:
                     vectors = F.normalize(vectors, p=2, dim=-1)
                 vectors = vectors.float().cpu().numpy()
@@ -293,6 +312,7 @@ def embed(
     show_progress: bool = False,
     layer_combine: str = "mean",
     tokenizer: PreTrainedTokenizerBase | str | Path | None = None,
+    whiten: bool = True,
 ) -> np.ndarray:
     """Embed `texts` with a MaskAE model or any Hugging Face encoder.
 
@@ -307,6 +327,8 @@ def embed(
         max_length: truncation length; by default a sentence-transformers checkpoint's `max_seq_length`,
             else the tokenizer's and model's limit.
         layer_combine: "mean" averages the layers of a list, "concat" concatenates them.
+        whiten: apply the whitening saved with the model (`maskae.fit_whitening`) when it was fitted on
+            this `layer` and `pooling` (before `normalize`); False returns the raw embeddings.
 
     Returns:
         float32 array [n, dim] in input order; with pooling="none", an object array of n float32
@@ -327,4 +349,5 @@ def embed(
         max_length=max_length,
         show_progress=show_progress,
         layer_combine=layer_combine,
+        whiten=whiten,
     )
