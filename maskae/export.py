@@ -7,12 +7,14 @@ needs `trust_remote_code`.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
 from .errors import ExportError
 from .modeling_maskae import MaskAEForMaskedLM, MaskAEModel
+from .whitening import Whitening
 
 PARTS = ("full", "encoder")
 
@@ -52,4 +54,24 @@ def export_stock(
         stock.to(model.dtype).save_pretrained(out)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
+    whitening = saved_whitening(model)
+    if whitening is not None:
+        stock_whitening(whitening, config).save(out)
     return out
+
+
+def saved_whitening(model: MaskAEForMaskedLM | MaskAEModel) -> Whitening | None:
+    """The whitening stored beside the checkpoint `model` was loaded from, if its config records one."""
+    if not getattr(model.config, "whitening", None) or not model.name_or_path:
+        return None
+    return Whitening.load(model.name_or_path)
+
+
+def stock_whitening(whitening: Whitening, config) -> Whitening:
+    """The same whitening for a stock export, whose default output is its last layer rather than the
+    code: a whitening of the code (layer None) names the encoder's top layer (and, for a sentence
+    bottleneck, its pooling) explicitly."""
+    if whitening.layer is not None:
+        return whitening
+    pooling = config.pooling if config.bottleneck == "sentence" else whitening.pooling
+    return dataclasses.replace(whitening, layer=config.split_layer, pooling=pooling)

@@ -23,7 +23,7 @@ from huggingface_hub.utils import validate_repo_id
 from transformers import PreTrainedTokenizerBase
 
 from .errors import CheckpointError, ConfigError, ExportError, MaskAEError
-from .export import export_stock
+from .export import export_stock, saved_whitening
 from .modeling_maskae import MaskAEForMaskedLM, MaskAEModel
 
 logger = logging.getLogger(__name__)
@@ -93,6 +93,9 @@ def save_for_hub(
         _check_self_contained(out)
         if tokenizer is not None:
             tokenizer.save_pretrained(out)
+        whitening = saved_whitening(model)
+        if whitening is not None:
+            whitening.save(out)
     else:
         export_stock(model, out, part=stock, tokenizer=tokenizer)
     if tokenizer is None:

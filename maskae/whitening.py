@@ -13,6 +13,7 @@ model's config.json (key `whitening`), so that `embed`, `evaluate` and the expor
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ from safetensors.numpy import load_file, save_file
 from transformers.utils import cached_file
 
 from .errors import CheckpointError, DataError
+
+logger = logging.getLogger(__name__)
 
 FILE_NAME = "whitening.safetensors"
 CONFIG_KEY = "whitening"
@@ -76,11 +79,10 @@ class Whitening:
         if not entry:
             return None
         path = _cached(model_dir, entry.get("file", FILE_NAME))
-        if path is None:
-            raise CheckpointError(
-                f"{str(model_dir)!r} records a whitening in config.json but lacks {entry.get('file', FILE_NAME)}; "
-                "refit it with `maskae whiten` or delete the config's 'whitening' key."
-            )
+        if path is None:  # e.g. a plain save_pretrained of a whitened model copies the config, not the file
+            logger.warning("%s records a whitening in config.json but lacks %s; embedding without it (refit it "
+                           "with `maskae whiten`)", model_dir, entry.get("file", FILE_NAME))
+            return None
         tensors = load_file(path)
         with safe_open(path, framework="np") as handle:
             metadata = handle.metadata() or {}
