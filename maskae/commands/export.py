@@ -1,22 +1,29 @@
-"""`maskae export DIR --out HUB_DIR [--stock | --encoder-only]`: a directory ready to upload to the Hub.
+"""`maskae export DIR --out HUB_DIR [--stock | --encoder-only | --sentence-transformers]`: a directory
+ready to upload to the Hub.
 
-DIR is a trained model directory (what `maskae train` writes). Its recipe.yaml and eval_results.json,
-when present, go into the model card: the recipe as the training section, the measured metrics as
-the model-index.
+DIR is a trained model directory (what `maskae train` writes); with --sentence-transformers it may also
+be any stock encoder (a directory or Hub id). Its recipe.yaml and eval_results.json, when present, go
+into the model card: the recipe as the training section, the measured metrics as the model-index; its
+log.jsonl becomes a training-curves figure in the card.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import tempfile
 from pathlib import Path
 
 import yaml
 from transformers import AutoTokenizer
 
 from ..errors import CheckpointError, ConfigError
+from ..export_sentence_transformers import POOLINGS, save_sentence_transformer
 from ..hub import metric_records, save_for_hub
 from ..modeling_maskae import MaskAEForMaskedLM
+
+logger = logging.getLogger(__name__)
 
 # What `maskae train` evaluates on when the recipe names no corpus: the packaged WikiText-2 excerpt.
 PACKAGED_EVAL = {"dataset": "Salesforce/wikitext", "config": "wikitext-2-v1", "split": "validation",
@@ -38,7 +45,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         epilog="example: maskae export runs/tiny --out hub/tiny --dataset Salesforce/wikitext && "
         "maskae push hub/tiny --repo-id my-org/maskae-tiny",
     )
-    parser.add_argument("model", metavar="DIR", type=Path, help="trained MaskAE directory (save_pretrained output)")
+    parser.add_argument("model", metavar="DIR", type=Path,
+                        help="trained MaskAE directory (save_pretrained output); with --sentence-transformers also "
+                        "a stock encoder's directory or Hub id")
     parser.add_argument("--out", required=True, type=Path, metavar="HUB_DIR", help="new or empty directory to write")
     layout = parser.add_mutually_exclusive_group()
     layout.add_argument(
@@ -49,6 +58,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--encoder-only", action="store_true",
         help="only the encoder, as the stock base model of split_layer layers (no projection bottleneck)",
     )
+    layout.add_argument(
+        "--sentence-transformers", action="store_true",
+        help="a sentence-transformers model (encoder cut at --layer, pooling, optional normalisation) that "
+        "SentenceTransformer(HUB_DIR) loads without maskae; DIR may also be any stock encoder or Hub id",
+    )
+    parser.add_argument("--layer", type=int, help="with --sentence-transformers: the hidden state to keep (default: "
+                        "a MaskAE model's code, a stock model's last layer); the layers above it are dropped")
+    parser.add_argument("--pooling", choices=POOLINGS, help="with --sentence-transformers: how token vectors "
+                        "become one sentence vector (default: mean)")
+    parser.add_argument("--normalize", action="store_true",
+                        help="with --sentence-transformers: add a Normalize module (unit-length vectors)")
     parser.add_argument("--tokenizer", help="tokenizer directory or Hub id (default: the one saved in DIR)")
     parser.add_argument("--recipe", type=Path, help="resolved training recipe YAML (default: DIR/recipe.yaml)")
     parser.add_argument(
@@ -74,6 +94,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.sentence_transformers:
+        return _run_sentence_transformers(args)
+    if args.layer is not None or args.pooling is not None or args.normalize:
+        raise ConfigError("--layer, --pooling and --normalize shape a sentence-transformers export; add "
+                          "--sentence-transformers, or drop them.")
     if not (args.model / "config.json").is_file():
         raise CheckpointError(f"{args.model} has no config.json; pass the directory that `maskae train` wrote.")
     try:
@@ -83,20 +108,57 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = _tokenizer(args)
     recipe = _yaml_file(args.recipe or args.model / "recipe.yaml", required=args.recipe is not None)
     data = (recipe or {}).get("data") or {}
-    out = save_for_hub(
-        model.eval(),
-        args.out,
-        tokenizer=tokenizer,
-        metrics=_metrics(args, data),
-        datasets=args.datasets if args.datasets is not None else _training_datasets(data, recipe),
-        recipe=recipe,
-        stock="full" if args.stock else "encoder" if args.encoder_only else None,
-        base_model=args.base_model,
-        repo_id=args.repo_id,
-        plots=args.plots,
-    )
+    with tempfile.TemporaryDirectory() as scratch:
+        out = save_for_hub(
+            model.eval(),
+            args.out,
+            tokenizer=tokenizer,
+            metrics=_metrics(args, data),
+            datasets=args.datasets if args.datasets is not None else _training_datasets(data, recipe),
+            recipe=recipe,
+            stock="full" if args.stock else "encoder" if args.encoder_only else None,
+            base_model=args.base_model,
+            repo_id=args.repo_id,
+            plots=[*args.plots, *_training_curves(args.model, Path(scratch))],
+        )
     print(f"wrote {out}; upload it with: maskae push {out} --repo-id ORG/NAME")
     return 0
+
+
+def _run_sentence_transformers(args: argparse.Namespace) -> int:
+    """A trained run's card material (recipe, metrics, curves) is used when DIR has it; a Hub id has none."""
+    recipe = _yaml_file(args.recipe or args.model / "recipe.yaml", required=args.recipe is not None)
+    data = (recipe or {}).get("data") or {}
+    with tempfile.TemporaryDirectory() as scratch:
+        out = save_sentence_transformer(
+            str(args.model),
+            args.out,
+            layer=args.layer,
+            pooling=args.pooling or "mean",
+            normalize=args.normalize,
+            tokenizer=args.tokenizer,
+            metrics=_metrics(args, data),
+            datasets=args.datasets if args.datasets is not None else _training_datasets(data, recipe),
+            plots=[*args.plots, *_training_curves(args.model, Path(scratch))],
+            base_model=args.base_model,
+            repo_id=args.repo_id,
+        )
+    print(f"wrote {out}; load it with SentenceTransformer({str(out)!r}), upload it with: maskae push {out} "
+          "--repo-id ORG/NAME")
+    return 0
+
+
+def _training_curves(run_dir: Path, scratch: Path) -> list[Path]:
+    """The run's training curves as a PNG for the card, when it has a log and matplotlib is installed."""
+    if not (run_dir / "log.jsonl").is_file():
+        return []
+    try:
+        from ..training_curves import plot_training_curves
+    except ImportError:
+        logger.info("matplotlib is not installed, so the card gets no training curves (pip install maskae[eval])")
+        return []
+    path, _ = plot_training_curves([run_dir], scratch / "training_curves.png")
+    return [path]
 
 
 def _tokenizer(args: argparse.Namespace):
