@@ -12,6 +12,7 @@ model's config.json (key `whitening`), so that `embed`, `evaluate` and the expor
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 from collections.abc import Sequence
@@ -23,12 +24,14 @@ from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 from transformers.utils import cached_file
 
+from .data import load_corpus
 from .errors import CheckpointError, DataError
 
 logger = logging.getLogger(__name__)
 
 FILE_NAME = "whitening.safetensors"
 CONFIG_KEY = "whitening"
+SENTENCE_COLUMNS = ("sentence", "sentence1", "sentence2")  # the text columns of GLUE / STS task files
 FLAT_DIRECTION = 1e-9  # a direction whose variance is below this fraction of the largest one is dropped
 DEFAULT_MAX_TEXTS = 10_000  # texts a fit reads by default: the covariance of a 384-wide embedding is settled well before
 
@@ -161,6 +164,26 @@ def fit_whitening(
     vectors = embed(model, texts, layer=layer, pooling=pooling, whiten=False, **embed_kwargs)
     mean, matrix = whitening_from_vectors(vectors, dim)
     return Whitening(mean=mean, matrix=matrix, layer=layer, pooling=pooling, num_texts=len(texts))
+
+
+def corpus_texts(source: str | Path, max_texts: int | None = DEFAULT_MAX_TEXTS, text_column: str = "text") -> list[str]:
+    """Unlabelled texts to fit a whitening on: every sentence column of a task tsv (sentence, or
+    sentence1 and sentence2) or the rows of any corpus `maskae.data.load_corpus` reads, seeded-sampled
+    down to `max_texts`."""
+    path = Path(source)
+    if path.is_file() and path.stat().st_size == 0:
+        raise DataError(f"{str(path)!r} is empty; fit the whitening on a corpus with text in it.")
+    if path.suffix.lower() == ".tsv" and path.is_file():
+        with path.open(encoding="utf-8", newline="") as handle:
+            reader = csv.DictReader(handle, delimiter="\t")
+            columns = [c for c in SENTENCE_COLUMNS if c in (reader.fieldnames or [])]
+            if columns:
+                texts = [row[c].strip() for row in reader for c in columns]
+                texts = [t for t in texts if t]
+                if not texts:
+                    raise DataError(f"{str(path)!r} has no sentences to fit the whitening on; give it data rows.")
+                return sample_texts(texts, max_texts)
+    return sample_texts(load_corpus(source, text_column=text_column)["text"], max_texts)
 
 
 def sample_texts(texts: Sequence[str], max_texts: int | None, seed: int = 0) -> list[str]:

@@ -4,12 +4,17 @@ The corpus is read lazily and embedded in chunks; each chunk is written as its o
 beside the output (`OUT.parts/`) before the next one starts, so memory stays flat however large the
 corpus is, and `--resume` continues after the last shard written. Once every chunk is done the shards
 are joined into OUT, one shard at a time.
+
+Each finished shard's size and SHA-256 go into `OUT.parts/chunks.json`, so `--resume` redoes a shard
+that was damaged after it was written (and every shard after it) instead of joining bad data. A
+lock file beside the output (`OUT.lock`) keeps a second run from writing the same output.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -22,9 +27,14 @@ from tqdm.auto import tqdm
 
 from ..data import load_corpus
 from ..embeddings import LAYER_COMBINES, POOLINGS, Embedder
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, StorageError
+from ..integrity import damage, file_record
+from ..run_lock import RunLock
 
 MANIFEST = "manifest.json"
+RECORDS = "chunks.json"
+
+logger = logging.getLogger(__name__)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -62,6 +72,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="mean / max over real tokens, cls (first token), or none for per-token vectors (.parquet or a directory)",
     )
     parser.add_argument("--normalize", action="store_true", help="L2-normalise every vector")
+    parser.add_argument(
+        "--no-whiten", dest="whiten", action="store_false",
+        help="skip the whitening stored with the model (`maskae whiten`), which is otherwise applied when its "
+        "layer and pooling match",
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: 32)")
     parser.add_argument("--max-length", type=int, default=None, help="truncate texts to this many tokens")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
@@ -91,13 +106,40 @@ def _to_arrow(vectors: np.ndarray) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets), inner)
 
 
-def _shards(parts: Path) -> list[Path]:
-    return sorted(parts.glob("chunk-*.parquet"))
+def _shard(parts: Path, index: int) -> Path:
+    return parts / f"chunk-{index:05d}.parquet"
 
 
-def _join_shards(parts: Path, output: Path) -> int:
+def _intact_chunks(parts: Path) -> dict[str, dict]:
+    """The records of the leading run of shards that match them; a damaged shard, and every shard
+    after it, is deleted (with a warning naming it) so that it is embedded again."""
+    try:
+        records = json.loads((parts / RECORDS).read_text())
+    except (OSError, ValueError):
+        records = {}
+    intact: dict[str, dict] = {}
+    for index in range(len(records)):
+        name = _shard(parts, index).name
+        problem = "it has no record" if name not in records else damage(parts, {name: records[name]})
+        if problem is not None:
+            logger.warning("chunk %s is damaged (%s), so it and the chunks after it are embedded again.",
+                           parts / name, problem)
+            break
+        intact[name] = records[name]
+    for stray in parts.glob("chunk-*"):
+        if stray.name not in intact:
+            stray.unlink()
+    return intact
+
+
+def _save_records(parts: Path, records: dict[str, dict]) -> None:
+    staged = parts / (RECORDS + ".tmp")
+    staged.write_text(json.dumps(records, indent=1))
+    os.replace(staged, parts / RECORDS)
+
+
+def _join_shards(parts: Path, output: Path, shards: list[Path]) -> int:
     """Join the shards into OUTPUT, one shard in memory at a time; returns the number of rows."""
-    shards = _shards(parts)
     rows = sum(pq.ParquetFile(shard).metadata.num_rows for shard in shards)
     if output.suffix.lower() == ".npy":
         # Header, then each shard's rows appended: a memory map would keep every written page resident.
@@ -128,6 +170,14 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.chunk_size < 1:
         raise ConfigError(f"--chunk-size {args.chunk_size} must be at least 1.")
+    if output.is_dir() and output.suffix.lower() in (".npy", ".parquet"):
+        raise DataError(f"{str(output)!r} is a directory, but its name asks for a {output.suffix} file; remove it "
+                        "or choose another --output.")
+    with RunLock(output.with_name(output.name + ".lock"), "maskae embed"):
+        return _run_locked(args, output, parts)
+
+
+def _run_locked(args: argparse.Namespace, output: Path, parts: Path) -> int:
     settings = {
         "model": args.model,
         "input": str(Path(args.input).resolve()) if Path(args.input).exists() else args.input,
@@ -137,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
         "layer_combine": args.layer_combine,
         "pooling": args.pooling,
         "normalize": args.normalize,
+        "whiten": args.whiten,
         "max_length": args.max_length,
         "chunk_size": args.chunk_size,
     }
@@ -153,7 +204,11 @@ def run(args: argparse.Namespace) -> int:
     if args.overwrite:
         shutil.rmtree(parts, ignore_errors=True)
     if parts.exists():
-        earlier = json.loads((parts / MANIFEST).read_text())
+        try:
+            earlier = json.loads((parts / MANIFEST).read_text())
+        except (OSError, ValueError):
+            raise DataError(f"cannot resume {str(parts)!r}: its {MANIFEST} is missing or unreadable; pass "
+                            "--overwrite to start over.") from None
         changed = [key for key in settings if earlier.get(key) != settings[key]]
         if changed:
             raise DataError(
@@ -164,7 +219,8 @@ def run(args: argparse.Namespace) -> int:
         parts.mkdir(parents=True)
         (parts / MANIFEST).write_text(json.dumps(settings, indent=2))
 
-    done = len(_shards(parts))
+    records = _intact_chunks(parts)
+    done = len(records)
     with tqdm(unit="text", desc="embedding", disable=args.quiet) as progress:
         for index, batch in enumerate(corpus.iter(batch_size=args.chunk_size)):
             chunk = batch["text"]
@@ -177,14 +233,32 @@ def run(args: argparse.Namespace) -> int:
                     batch_size=args.batch_size,
                     max_length=args.max_length,
                     layer_combine=args.layer_combine,
+                    whiten=args.whiten,
                 )
-                shard = parts / f"chunk-{index:05d}.parquet"
-                pq.write_table(pa.table({"embedding": _to_arrow(vectors)}), shard.with_suffix(".tmp"))
-                os.replace(shard.with_suffix(".tmp"), shard)
+                shard = _shard(parts, index)
+                try:
+                    pq.write_table(pa.table({"embedding": _to_arrow(vectors)}), shard.with_suffix(".tmp"))
+                    os.replace(shard.with_suffix(".tmp"), shard)
+                    records[shard.name] = file_record(shard)
+                    _save_records(parts, records)
+                except OSError as error:
+                    shard.with_suffix(".tmp").unlink(missing_ok=True)
+                    raise StorageError(
+                        f"could not write {shard} ({error.strerror or error}); the {len(records)} chunks before it "
+                        "are kept; free space on that disk, then rerun with --resume."
+                    ) from None
             progress.update(len(chunk))
     if output.exists():
         shutil.rmtree(output) if output.is_dir() else output.unlink()
-    rows = _join_shards(parts, output)
+    try:
+        rows = _join_shards(parts, output, [parts / name for name in records])
+    except OSError as error:
+        if output.exists():
+            shutil.rmtree(output) if output.is_dir() else output.unlink()
+        raise StorageError(
+            f"could not write {output} ({error.strerror or error}); every chunk is kept in {parts}; free space on "
+            "that disk, then rerun with --resume."
+        ) from None
     shutil.rmtree(parts)
     print(f"wrote {rows} embeddings to {output}")
     return 0
