@@ -1,5 +1,6 @@
 """`maskae plot MODEL --data PATH --method pca|tsne --output fig.png`: a 2-D map of the embeddings,
-coloured by label, to see whether the code separates the classes."""
+coloured by label, to see whether the code separates the classes; `maskae plot --log RUN [RUN ...]`:
+training curves of one or more runs, to compare them."""
 
 from __future__ import annotations
 
@@ -7,28 +8,37 @@ import argparse
 from pathlib import Path
 
 from ..embeddings import POOLINGS
+from ..errors import ConfigError
 
 EPILOG = """\
 --data is a tsv with a header and the columns sentence and label (e.g. sst2/validation.tsv).
 pca is linear and shows the global layout; tsne is non-linear and shows local neighbourhoods.
+--log draws loss, held-out masked accuracy, learning rate and tokens/s against the step and against
+wall-clock time, from each run's log.jsonl and eval_log.jsonl, one line per run.
 
-example:
+examples:
   maskae plot runs/tiny --data sst2/validation.tsv --method tsne --output sst2-tsne.png
+  maskae plot --log runs/tiny-wikitext2 runs/progressive --output curves.png
 """
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "plot",
-        help="draw a 2-D map (PCA or t-SNE) of a model's embeddings coloured by label",
-        description="Embed the sentences of a labelled tsv and save a 2-D scatter plot coloured by label.",
+        help="draw a 2-D map of a model's embeddings coloured by label, or runs' training curves (--log)",
+        description="Embed the sentences of a labelled tsv and save a 2-D scatter plot coloured by label; or, "
+        "with --log, draw the training curves of one or more runs on one figure.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("model", metavar="MODEL", help="model directory or Hub id (MaskAE or a stock encoder)")
-    parser.add_argument("--data", required=True, type=Path, help="tsv with columns sentence and label")
+    parser.add_argument("model", metavar="MODEL", nargs="?",
+                        help="model directory or Hub id (MaskAE or a stock encoder) for an embedding map")
+    parser.add_argument("--log", nargs="+", type=Path, metavar="RUN",
+                        help="draw the training curves of these run directories (what `maskae train` wrote)")
+    parser.add_argument("--data", type=Path, help="tsv with columns sentence and label (embedding map)")
     parser.add_argument("--method", choices=("pca", "tsne"), default="pca", help="2-D projection (default: pca)")
-    parser.add_argument("--output", required=True, type=Path, help="where to save the PNG")
+    parser.add_argument("--output", type=Path, help="where to save the PNG (required for a map; default with --log: "
+                        "curves.png)")
     parser.add_argument("--layer", type=int, help="hidden state k to embed with (0 = embeddings; default: the code)")
     parser.add_argument("--pooling", choices=[p for p in POOLINGS if p != "none"], default="mean",
                         help="how token vectors become one sentence vector (default: mean)")
@@ -39,6 +49,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.log:
+        return _run_curves(args)
+    if args.model is None or args.data is None or args.output is None:
+        raise ConfigError("an embedding map needs MODEL, --data and --output (or pass --log RUN for training curves).")
     from ..embeddings import embed
     from ..evaluation import read_labelled
     from ..plotting import plot_embedding_map
@@ -48,5 +62,16 @@ def run(args: argparse.Namespace) -> int:
     where = "code" if args.layer is None else f"layer {args.layer}"
     title = f"{Path(str(args.model)).name}, {where}: {args.method.upper()} of {len(texts)} sentences"
     output = plot_embedding_map(vectors, labels, args.output, method=args.method, title=title, seed=args.seed)
+    print(f"saved {output}")
+    return 0
+
+
+def _run_curves(args: argparse.Namespace) -> int:
+    if args.model is not None or args.data is not None:
+        raise ConfigError("--log draws training curves from run directories; pass them all after --log, without "
+                          "MODEL or --data.")
+    from ..training_curves import plot_training_curves
+
+    output, _ = plot_training_curves(args.log, args.output or Path("curves.png"))
     print(f"saved {output}")
     return 0
