@@ -14,6 +14,7 @@ from .errors import (
     UnsupportedBackboneError,
 )
 from .export import export_stock
+from .export_sentence_transformers import save_sentence_transformer
 from .hub import save_for_hub
 from .embeddings import Embedder, embed
 from .whitening import Whitening, fit_whitening
@@ -44,6 +45,7 @@ __all__ = [
     "MaskAEPreTrainedModel",
     "TokenizerError",
     "export_stock",
+    "save_sentence_transformer",
     "save_for_hub",
     "Embedder",
     "embed",
