@@ -4,10 +4,15 @@ Speed: the same real sentences (STS-B validation) go through sentence-transforme
 `maskae.embed` (last layer, then layer 3 of 6 with early exit) in one process, alternating systems
 round by round so that both see the same machine load; the medians and their ratios are printed.
 
+sentence-transformers export (--st-export): all-MiniLM-L6-v2 as shipped and its half-depth export
+(`maskae export MODEL --sentence-transformers --layer 3`), both through sentence-transformers' `encode`,
+alternating round by round; what a user of the export gets.
+
 Memory (--memory): the CLI embeds a corpus of N and of 10 N sentences (cycled from STS-B and SST-2)
 in a fresh process each; with chunked streaming, peak resident memory must not grow with the corpus.
 
     python benchmarks/bench_embed.py [--threads 1] [--rounds 3] [--memory --memory-sentences 200000]
+    python benchmarks/bench_embed.py --st-export --sentences 2000 --skip-speed
 """
 
 from __future__ import annotations
@@ -84,6 +89,32 @@ def bench_speed(args: argparse.Namespace) -> None:
               f"({base_cpu / median_cpu:4.2f}x); wall per round: " + " ".join(f"{t:.2f}" for t in wall[name]))
 
 
+def bench_st_export(args: argparse.Namespace) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    from maskae import save_sentence_transformer
+
+    texts = stsb_sentences()[: args.sentences]
+    with tempfile.TemporaryDirectory() as tmp:
+        save_sentence_transformer(minilm_path(), Path(tmp) / "half", layer=3, normalize=True)
+        models = {"all-MiniLM-L6-v2 (6 layers)": SentenceTransformer(str(minilm_path()), device="cpu"),
+                  "export, --layer 3": SentenceTransformer(str(Path(tmp) / "half"), device="cpu")}
+    print(f"{len(texts)} STS-B validation sentences, batch size {args.batch_size}, sentence-transformers encode, "
+          f"torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs")
+    wall: dict[str, list[float]] = {name: [] for name in models}
+    names = list(models)
+    for round_index in range(args.rounds):
+        for name in names[round_index % 2:] + names[: round_index % 2]:
+            start = time.perf_counter()
+            models[name].encode(texts, batch_size=args.batch_size)
+            wall[name].append(time.perf_counter() - start)
+    base = statistics.median(wall[names[0]])
+    for name in names:
+        median = statistics.median(wall[name])
+        print(f"{name:28s} wall median {median:6.2f} s ({len(texts) / median:5.0f} sentences/s, {base / median:4.2f}x); "
+              "wall per round: " + " ".join(f"{t:.2f}" for t in wall[name]))
+
+
 CHILD = """
 import resource, sys, torch
 torch.set_num_threads(int(sys.argv[1]))
@@ -133,6 +164,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--memory", action="store_true", help="also run the CLI memory check")
+    parser.add_argument("--st-export", action="store_true",
+                        help="also time MiniLM against its half-depth sentence-transformers export")
     parser.add_argument("--memory-sentences", type=int, default=200_000)
     parser.add_argument("--layer", type=int, default=1, help="layer the memory check extracts (low = fast)")
     parser.add_argument("--chunk-size", type=int, default=10_000)
@@ -142,6 +175,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if not args.skip_speed:
         bench_speed(args)
+    if args.st_export:
+        bench_st_export(args)
     if args.memory:
         bench_memory(args)
 
