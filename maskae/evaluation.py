@@ -33,6 +33,7 @@ from .embeddings import Embedder
 from .errors import CheckpointError, ConfigError, DataError, TokenizerError
 from .mlm_metrics import masked_lm_metrics, pseudo_perplexity
 from .noise import NoiseConfig
+from .whitening import Whitening
 
 logger = logging.getLogger(__name__)
 
@@ -222,7 +223,15 @@ def full_width(
     full_layer = embedder.resolve_layers(embedder.num_layers if layer is None else layer)
     if embedder.resolve_layers(layer) == full_layer:
         return vectors
-    return embedder.embed(texts, layer=full_layer[0], pooling=pooling, **embed_kwargs)
+    return embedder.embed(texts, layer=full_layer[0], pooling=pooling, whiten=False, **embed_kwargs)
+
+
+def chosen_whitening(embedder: Embedder, whiten: bool | Whitening, layer: int | None, pooling: str) -> Whitening | None:
+    """The whitening to report beside the raw figures: one fitted for this request, or (`whiten=True`)
+    the one stored with the model when it was fitted on this layer and pooling."""
+    if isinstance(whiten, Whitening):
+        return whiten
+    return embedder.whitening_for(layer, pooling) if whiten else None
 
 
 def evaluate_sts(
@@ -234,17 +243,20 @@ def evaluate_sts(
     baseline: bool = False,
     dim: int | None = None,
     limit: int | None = None,
+    whiten: bool | Whitening = True,
     **embed_kwargs,
 ) -> dict:
     """Spearman ×100 of cosine similarities against the gold scores of an STS tsv.
 
     With `baseline`, also LSA and PCA of the full-width embeddings at width `dim` (default: the
-    code width), both fitted on the file's own sentences (no scores are used).
+    code width), both fitted on the file's own sentences (no scores are used). The figure is for the
+    raw embeddings; a whitening (`whiten`: a fitted one, or True for the model's stored one when it
+    matches `layer` and `pooling`) adds the whitened figure under "whitened".
     """
     first, second, scores = read_sts(data, limit)
     embedder = load_embedder(model)
     texts = first + second
-    vectors = embedder.embed(texts, layer=layer, pooling=pooling, **embed_kwargs)
+    vectors = embedder.embed(texts, layer=layer, pooling=pooling, whiten=False, **embed_kwargs)
     n = len(first)
     result = {
         "task": "sts",
@@ -254,6 +266,11 @@ def evaluate_sts(
         "dim": int(vectors.shape[1]),
         "spearman_x100": 100 * sts_spearman(vectors[:n], vectors[n:], scores),
     }
+    whitening = chosen_whitening(embedder, whiten, layer, pooling)
+    if whitening is not None:
+        white = whitening.apply(vectors)
+        result["whitened"] = {"dim": whitening.dim, "fitted_on": whitening.num_texts,
+                              "spearman_x100": 100 * sts_spearman(white[:n], white[n:], scores)}
     if baseline:
         dim = dim or code_width(embedder)
         (lsa,) = lsa_embeddings(texts, [texts], dim)
@@ -287,18 +304,20 @@ def evaluate_probe(
     baseline: bool = False,
     dim: int | None = None,
     limit: int | None = None,
+    whiten: bool | Whitening = True,
     **embed_kwargs,
 ) -> dict:
     """Linear-probe accuracy ×100 on the `eval` tsv for each label budget drawn from the `train` tsv.
 
     `max_train` caps the training pool ("all"); `limit` caps the evaluation rows. With `baseline`,
-    also LSA and PCA at width `dim` (default: the code width), fitted on the pool's texts.
+    also LSA and PCA at width `dim` (default: the code width), fitted on the pool's texts. A
+    whitening (`whiten`, as in `evaluate_sts`) adds the probe on whitened embeddings under "whitened".
     """
     train_texts, train_labels = probe_pool(*read_labelled(train), max_train)
     eval_texts, eval_labels = read_labelled(eval, limit)
     embedder = load_embedder(model)
-    train_x = embedder.embed(train_texts, layer=layer, pooling=pooling, **embed_kwargs)
-    eval_x = embedder.embed(eval_texts, layer=layer, pooling=pooling, **embed_kwargs)
+    train_x = embedder.embed(train_texts, layer=layer, pooling=pooling, whiten=False, **embed_kwargs)
+    eval_x = embedder.embed(eval_texts, layer=layer, pooling=pooling, whiten=False, **embed_kwargs)
     result = {
         "task": "probe",
         "train_pool": len(train_texts),
@@ -308,6 +327,11 @@ def evaluate_probe(
         "dim": int(train_x.shape[1]),
         "budgets": probe_accuracy(train_x, train_labels, eval_x, eval_labels, budgets, seeds),
     }
+    whitening = chosen_whitening(embedder, whiten, layer, pooling)
+    if whitening is not None:
+        white_train, white_eval = whitening.apply(train_x), whitening.apply(eval_x)
+        result["whitened"] = {"dim": whitening.dim, "fitted_on": whitening.num_texts,
+                              "budgets": probe_accuracy(white_train, train_labels, white_eval, eval_labels, budgets, seeds)}
     if baseline:
         dim = dim or code_width(embedder)
         lsa_train, lsa_eval = lsa_embeddings(train_texts, [train_texts, eval_texts], dim)
@@ -374,6 +398,7 @@ def evaluate_layers(model: str | Path | Embedder, task: str, **kwargs) -> dict:
         raise ConfigError(f"cannot sweep layers for task {task!r}; use one of {', '.join(runners)}.")
     embedder = load_embedder(model)
     kwargs.pop("layer", None)
+    kwargs["whiten"] = False  # a whitening is fitted on one layer; the sweep compares raw layers
     rows = [runners[task](embedder, layer=k, **kwargs) for k in range(embedder.num_layers + 1)]
 
     def headline(row: dict) -> float:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ..embeddings import POOLINGS
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 
 TASKS = ("sts", "probe", "mlm", "layers")
 
@@ -30,10 +30,16 @@ tasks:
 --dim (default: the model's code width), so a bottleneck of width d meets the classic linear
 reduction of the same width.
 
+sts and probe report the raw embeddings and, beside them, the whitened ones: with the whitening
+stored with the model (`maskae whiten`) when it was fitted on this --layer and --pooling, or one
+fitted here on --whiten CORPUS (unlabelled text; --whiten-dim keeps the top directions). Whitening
+is domain-sensitive: fit it on text like the task's (its own training sentences need no labels).
+
 examples:
   maskae evaluate sentence-transformers/all-MiniLM-L6-v2 --task sts --data stsb/test.tsv
   maskae evaluate runs/tiny --task probe --data sst2 --budgets 100,1000,all --max-train 10000 --baseline
   maskae evaluate runs/tiny --task layers --of sts --data stsb/validation.tsv --output layers.png --json
+  maskae evaluate all-MiniLM-L6-v2 --task sts --data stsb/test.tsv --layer 3 --whiten stsb/train.tsv
 """
 
 
@@ -71,6 +77,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--block-size", type=positive_int, default=128, help="mlm: tokens per block (default: 128)")
     parser.add_argument("--pseudo-blocks", type=int, default=4, help="mlm: blocks scored for pseudo-perplexity (default: 4)")
     parser.add_argument("--output", type=Path, help="layers: where to save the PNG plot (default: layers-<of>.png)")
+    parser.add_argument("--whiten", metavar="CORPUS",
+                        help="sts, probe: also report embeddings whitened by a fit on this unlabelled corpus "
+                        "(a task tsv's sentence columns, or any text corpus)")
+    parser.add_argument("--whiten-dim", type=positive_int, help="with --whiten: keep the top D directions")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
     parser.set_defaults(func=run)
 
@@ -97,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, max_length=args.max_length,
     )
     task = args.of if args.task == "layers" else args.task
+    model, whiten = fitted_whitening(args)
     if task == "sts":
         data = dict(data=args.data)
     else:
@@ -104,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         data = dict(train=train, eval=eval_, budgets=parse_budgets(args.budgets), seeds=tuple(range(args.seeds)),
                     max_train=args.max_train)
     if args.task == "layers":
-        result = evaluate_layers(args.model, task, **data, **common)
+        result = evaluate_layers(model, task, **data, **common)
         output = args.output or Path(f"layers-{task}.png")
         layers = [row["layer"] for row in result["layers"]]
         if task == "sts":
@@ -116,10 +127,29 @@ def run(args: argparse.Namespace) -> int:
             ylabel = "probe accuracy x100"
         result["plot"] = str(plot_layer_curve(layers, series, ylabel, output, title=str(args.model)))
     elif task == "sts":
-        result = evaluate_sts(args.model, layer=args.layer, **data, **common)
+        result = evaluate_sts(model, layer=args.layer, whiten=whiten, **data, **common)
     else:
-        result = evaluate_probe(args.model, layer=args.layer, **data, **common)
+        result = evaluate_probe(model, layer=args.layer, whiten=whiten, **data, **common)
     return report(result, args)
+
+
+def fitted_whitening(args: argparse.Namespace):
+    """(model, whiten) for the sts / probe runners: with --whiten, the loaded model and a whitening
+    fitted on that corpus at --layer and --pooling; else the model path and True (a stored one)."""
+    if args.whiten is None:
+        if args.whiten_dim is not None:
+            raise ConfigError("--whiten-dim needs --whiten CORPUS to fit the whitening on.")
+        return args.model, True
+    if args.task not in ("sts", "probe"):
+        raise ConfigError(f"--whiten applies to --task sts or probe, not {args.task}; drop it or change the task.")
+    from ..embeddings import Embedder
+    from ..whitening import corpus_texts, fit_whitening
+
+    texts = corpus_texts(args.whiten)
+    embedder = Embedder.from_pretrained(args.model)
+    whitening = fit_whitening(embedder, texts, dim=args.whiten_dim, layer=args.layer, pooling=args.pooling,
+                              batch_size=args.batch_size, max_length=args.max_length)
+    return embedder, whitening
 
 
 def report(result: dict, args: argparse.Namespace) -> int:
@@ -144,6 +174,10 @@ def describe(result: dict) -> str:
         lines.append(f"  {'model':<8} dim {result['dim']:>5}   {result['spearman_x100']:6.2f}")
         for name, base in result.get("baselines", {}).items():
             lines.append(f"  {name:<8} dim {base['dim']:>5}   {base['spearman_x100']:6.2f}")
+        if "whitened" in result:
+            white = result["whitened"]
+            lines.append(f"  {'whitened':<8} dim {white['dim']:>5}   {white['spearman_x100']:6.2f}"
+                         f"   (fitted on {white['fitted_on']} texts)")
         return "\n".join(lines)
     if result["task"] == "probe":
         budgets = result["budgets"]
@@ -154,6 +188,8 @@ def describe(result: dict) -> str:
         lines.append(f"  {'':<8} {'dim':>5}  " + "".join(f"{b['budget'] + ' labels':>18}" for b in budgets))
         rows = [("model", result["dim"], budgets)]
         rows += [(name, base["dim"], base["budgets"]) for name, base in result.get("baselines", {}).items()]
+        if "whitened" in result:
+            rows.append(("whitened", result["whitened"]["dim"], result["whitened"]["budgets"]))
         for name, dim, figures in rows:
             cells = "".join(f"{b['accuracy_x100']:>11.2f} ± {b['std_x100']:4.2f}" for b in figures)
             lines.append(f"  {name:<8} {dim:>5}  {cells}")
