@@ -1,7 +1,8 @@
 """The `maskae` command line: `maskae <command> --help` documents each command.
 
 User errors (`MaskAEError`) print one readable line and exit with status 2; `--debug` shows the
-traceback instead.
+traceback instead. So does an `OSError` that nothing below turned into a `MaskAEError` (a permission,
+a full disk, a path of the wrong kind): it is about the user's disk, not a bug, and names its path.
 """
 
 from __future__ import annotations
@@ -41,7 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     except MaskAEError as error:
         if args.debug:
             raise
-        print(f"maskae {args.command}: error: {error}", file=sys.stderr)
+        print(f"maskae {args.command}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        if args.debug:
+            raise
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"maskae {args.command}: error: {error.strerror or error}{where}; check that path and its "
+              "permissions, or rerun with --debug for the traceback.", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"maskae {args.command}: interrupted", file=sys.stderr)

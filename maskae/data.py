@@ -26,9 +26,11 @@ from datasets import (
     load_dataset,
     load_from_disk,
 )
+from datasets.exceptions import DatasetGenerationError
+from pyarrow import ArrowException
 from transformers import PreTrainedTokenizerBase
 
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, cause
 
 RESOURCES = Path(__file__).parent / "resources"
 DEFAULT_CORPUS = {
@@ -125,10 +127,17 @@ def _load_raw(source: str, streaming: bool, split: str) -> tuple[Dataset | Itera
         for file in files:
             if file.suffix.lower() in TEXT_SUFFIXES:
                 check_utf8(file)
+        files = [file for file in files if file.stat().st_size > 0]  # datasets cannot build from an empty file
+        if not files:
+            raise DataError(f"{source} is empty (0 bytes); point the corpus at files that hold text.")
         builder, options = BUILDERS[files[0].suffix.lower()]
-        loaded = load_dataset(
-            builder, data_files=[str(f) for f in files], split="train", streaming=streaming, **options
-        )
+        try:
+            loaded = load_dataset(
+                builder, data_files=[str(f) for f in files], split="train", streaming=streaming, **options
+            )
+        except (OSError, ValueError, DatasetGenerationError, ArrowException) as error:
+            raise DataError(f"cannot read {source} as {builder} ({cause(error)}); fix the file or convert it to "
+                            "one text per line (.txt) or JSON lines (.jsonl).") from None
         return loaded, builder == "text"
     if path.suffix.lower() in BUILDERS or source.startswith(("/", ".", "~")):
         raise DataError(f"corpus file {source} does not exist; check the path.")

@@ -22,6 +22,10 @@ class CheckpointError(MaskAEError, OSError):
     """A checkpoint or model directory is missing, incomplete or corrupt."""
 
 
+class StorageError(MaskAEError, OSError):
+    """The disk refused a write (full, read-only, no permission) or a path is of the wrong kind."""
+
+
 class DataError(MaskAEError, ValueError):
     """Input data is unusable (empty corpus, non-UTF-8 bytes, wrong columns...)."""
 
@@ -32,3 +36,12 @@ class TokenizerError(MaskAEError, ValueError):
 
 class ExportError(MaskAEError, ValueError):
     """The model has no equivalent in the requested stock architecture."""
+
+
+def cause(error: BaseException, limit: int = 300) -> str:
+    """The root cause of a library error as one short line: wrappers such as datasets'
+    `DatasetGenerationError` say only that something failed, the exception they chain says what."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    text = " ".join(str(error).split()) or "no details"
+    return f"{type(error).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"

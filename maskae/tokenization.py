@@ -25,7 +25,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre
 from transformers import PreTrainedTokenizerFast
 
 from .data import load_corpus
-from .errors import ConfigError
+from .errors import ConfigError, StorageError
 
 KINDS = ("wordpiece", "bpe")
 WORDPIECE_SPECIALS = {
@@ -128,6 +128,9 @@ def train_tokenizer(
     specials = WORDPIECE_SPECIALS if kind == "wordpiece" else BPE_SPECIALS
     if not isinstance(vocab_size, int) or vocab_size <= len(set(specials.values())):
         raise ConfigError(f"vocab_size={vocab_size!r} is too small; use more than the special tokens, e.g. 30000.")
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise StorageError(f"{out_dir} is an existing file, not a directory; choose a directory to save the "
+                           "tokenizer to.")
     texts = load_corpus(corpus, text_column=text_column)
     build = _wordpiece if kind == "wordpiece" else _bpe
     tokenizer, trainer = build(lowercase, vocab_size, min_frequency)

@@ -11,7 +11,10 @@ It follows Accelerate's examples (prepare, loop, evaluate, save) with three deli
   the step), so the collator's generator state saved in a checkpoint is exactly the state the next
   step needs; with `skip_first_batches` for the data position, resuming is bit-exact.
 * Checkpoints are written to `checkpoint-<step>.tmp/`, marked complete, then renamed; a resume only
-  considers renamed, marked directories, so a run killed mid-write never picks up a partial one.
+  considers renamed, marked directories, so a run killed mid-write never picks up a partial one. The
+  marker records every file's size and SHA-256, so a resume also passes over a checkpoint damaged
+  later (a full disk, a lost node, bit rot) and continues from the newest intact one.
+* One run per output directory: `train` holds a lock file there (see `run_lock`).
 
 `Trainer` keeps each phase in its own method so that later features (e.g. growing the encoder at
 stage boundaries) can hook in at step boundaries by overriding `on_step_end`.
@@ -19,6 +22,7 @@ stage boundaries) can hook in at step boundaries by overriding `on_step_end`.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -27,10 +31,11 @@ import re
 import shutil
 import time
 from pathlib import Path
+from contextlib import nullcontext
 from typing import Iterator
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import ProjectConfiguration, is_tensorboard_available, is_trackio_available, set_seed
 from datasets import Dataset
 from torch import nn
@@ -41,15 +46,19 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase, get
 from . import data as corpus
 from .collator import DataCollatorForDenoising
 from .configuration_maskae import MaskAEConfig, num_layers
-from .errors import CheckpointError, ConfigError, DataError, MaskAEError, TokenizerError
+from .errors import CheckpointError, ConfigError, DataError, MaskAEError, StorageError, TokenizerError
+from .integrity import damage, directory_records, file_record
 from .mlm_metrics import masked_lm_metrics, pseudo_perplexity
 from .modeling_maskae import MaskAEForMaskedLM
 from .noise import IGNORE_INDEX
 from .recipe import Recipe
+from .run_lock import RunLock
 
 logger = logging.getLogger(__name__)
 
 COMPLETE_MARKER = "checkpoint_complete.json"
+LOCK_FILE = "maskae.lock"
+DAMAGED_SUFFIX = ".damaged"
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout",
                 "embedding_dropout", "mlp_dropout")
@@ -98,9 +107,14 @@ def remove_checkpoint(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
+def checkpoint_damage(path: Path) -> str | None:
+    """What is wrong with a complete checkpoint's files, or None when they match its marker's records
+    (a marker without records, from before maskae wrote them, is trusted as it is)."""
+    try:
+        records = json.loads((path / COMPLETE_MARKER).read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        return f"its {COMPLETE_MARKER} is unreadable"
+    return None if records is None else damage(path, records)
 
 
 # ---------------------------------------------------------------- building blocks
@@ -323,11 +337,35 @@ class Trainer:
         return [collator(rows[start : start + size]) for start in range(0, len(rows), size)]
 
     def _resume(self) -> None:
-        checkpoint = latest_checkpoint(self.output_dir)
-        if checkpoint is None:
+        """Load the newest intact checkpoint; damaged newer ones are set aside as `<name>.damaged`."""
+        checkpoints = complete_checkpoints(self.output_dir)
+        if not checkpoints:
             logger.info("no complete checkpoint in %s; starting from scratch", self.output_dir)
             return
-        self.accelerator.load_state(str(checkpoint))
+        damaged: list[tuple[Path, str]] = []
+        for checkpoint in reversed(checkpoints):
+            problem = checkpoint_damage(checkpoint)
+            if problem is None:
+                try:
+                    self.accelerator.load_state(str(checkpoint))
+                    break
+                except Exception as error:  # safetensors, torch.load and pickle each raise their own types
+                    problem = f"it cannot be loaded ({type(error).__name__}: {error})"
+            damaged.append((checkpoint, problem))
+        else:
+            newest, problem = damaged[0]
+            raise CheckpointError(
+                f"no checkpoint in {self.output_dir} is intact (the newest, {newest.name}: {problem}); move them "
+                "away and rerun without --resume to start over."
+            )
+        self.accelerator.wait_for_everyone()  # every process has verified before any damaged one moves
+        for bad, problem in damaged:
+            aside = bad.with_name(bad.name + DAMAGED_SUFFIX)
+            logger.warning("checkpoint %s is damaged (%s), so this run resumes from %s and keeps the damaged one "
+                           "as %s.", bad, problem, checkpoint.name, aside.name)
+            if self.accelerator.is_main_process:
+                shutil.rmtree(aside, ignore_errors=True)
+                os.replace(bad, aside)
         logger.info("resumed from %s at step %d", checkpoint, self.state.step)
         if self.accelerator.is_main_process:
             for name in ("log.jsonl", "eval_log.jsonl"):
@@ -436,6 +474,7 @@ class Trainer:
             trained_tokens += tokens
             progress.update(1)
             if not math.isfinite(loss):
+                progress.close()  # the error is printed on a line of its own, not after the bar
                 self._diverged(loss)
             if self.state.step % args.logging_steps == 0 or self.state.step == args.max_steps:
                 elapsed = time.perf_counter() - window_start
@@ -495,15 +534,25 @@ class Trainer:
         if accelerator.is_main_process:
             shutil.rmtree(partial, ignore_errors=True)
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(partial), safe_serialization=True)
-        accelerator.wait_for_everyone()
+        try:
+            accelerator.save_state(str(partial), safe_serialization=True)
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                self.recipe.save(partial / "recipe.yaml")
+                records = directory_records(partial)
+                marker = partial / COMPLETE_MARKER
+                marker.write_text(json.dumps({"step": step, "files": records}))
+                file_record(marker)
+        except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
+            if accelerator.is_main_process:
+                shutil.rmtree(partial, ignore_errors=True)
+            last = latest_checkpoint(self.output_dir)
+            kept = f"the previous checkpoint {last.name} is intact" if last else "no earlier checkpoint exists"
+            raise StorageError(
+                f"could not write {final} ({getattr(error, 'strerror', None) or error}); {kept}; free space on "
+                "that disk, then rerun with --resume."
+            ) from None
         if accelerator.is_main_process:
-            self.recipe.save(partial / "recipe.yaml")
-            marker = partial / COMPLETE_MARKER
-            marker.write_text(json.dumps({"step": step}))
-            for path in partial.iterdir():
-                if path.is_file():
-                    _fsync_file(path)
             if final.exists():
                 remove_checkpoint(final)
             os.replace(partial, final)
@@ -534,8 +583,17 @@ class Trainer:
 def train(recipe: Recipe, output_dir: str | Path, resume: bool = False) -> dict[str, float]:
     """Train `recipe` into `output_dir` (continuing from its newest complete checkpoint with `resume`);
     returns the final evaluation."""
-    if recipe.growth.stages:
-        from .growth import GrowthTrainer  # imported here: growth builds on this module
+    output_dir = Path(output_dir)
+    lock = RunLock(output_dir / LOCK_FILE, "maskae train") if PartialState().is_main_process else nullcontext()
+    with lock:
+        try:
+            if recipe.growth.stages:
+                from .growth import GrowthTrainer  # imported here: growth builds on this module
 
-        return GrowthTrainer(recipe, output_dir, resume=resume).train()
-    return Trainer(recipe, output_dir, resume=resume).train()
+                return GrowthTrainer(recipe, output_dir, resume=resume).train()
+            return Trainer(recipe, output_dir, resume=resume).train()
+        except OSError as error:
+            if error.errno != errno.ENOSPC or isinstance(error, MaskAEError):
+                raise
+            raise StorageError(f"the disk is full (writing {error.filename or output_dir}); free space on it, then "
+                               "rerun with --resume to continue from the last checkpoint.") from None
