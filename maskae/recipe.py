@@ -141,6 +141,17 @@ class TrainingArgs:
     report_to: list[str] = option(
         None, "extra trackers through Accelerate, e.g. [tensorboard] or [trackio]", factory=list
     )
+    whiten_at_end: bool | int = option(
+        False, "fit a whitening of the code on the training corpus's lines after training and save it with the "
+        "model (maskae.fit_whitening; embed and evaluate then apply it): true (a seeded sample of up to 10000 "
+        "lines), a number (up to that many lines), or false"
+    )
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.whiten_at_end, bool) and (not isinstance(self.whiten_at_end, int) or self.whiten_at_end < 0):
+            raise ConfigError(
+                f"recipe key training.whiten_at_end is {self.whiten_at_end!r}; use true, false or a number of lines."
+            )
 
 
 @dataclass
@@ -228,6 +239,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if optional:
             return None
         raise ConfigError(f"recipe key {key} cannot be empty; give it a value.")
+    if set(typing.get_args(inner)) == {bool, int}:  # a switch that may also carry a count: true | false | N
+        if isinstance(value, bool):
+            return value
+        try:
+            return _coerce(value, int, key)
+        except ConfigError:
+            return _coerce(value, bool, key)
     if dataclasses.is_dataclass(inner):
         if not isinstance(value, dict):
             raise ConfigError(f"recipe key {key} must be a mapping of its own keys, not {value!r}.")

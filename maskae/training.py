@@ -46,12 +46,14 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase, get
 from . import data as corpus
 from .collator import DataCollatorForDenoising
 from .configuration_maskae import MaskAEConfig, num_layers
+from .embeddings import Embedder
 from .errors import CheckpointError, ConfigError, DataError, MaskAEError, StorageError, TokenizerError
 from .integrity import damage, directory_records, file_record
 from .mlm_metrics import masked_lm_metrics, pseudo_perplexity
 from .modeling_maskae import MaskAEForMaskedLM
 from .noise import IGNORE_INDEX
 from .recipe import Recipe
+from .whitening import DEFAULT_MAX_TEXTS, fit_whitening, sample_texts
 from .run_lock import RunLock
 
 logger = logging.getLogger(__name__)
@@ -577,7 +579,16 @@ class Trainer:
             self.tokenizer.save_pretrained(self.output_dir)
             self.recipe.save(self.output_dir / "recipe.yaml")
             (self.output_dir / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
+            if self.args.whiten_at_end:
+                self.save_whitening(model)
         accelerator.wait_for_everyone()
+
+    def save_whitening(self, model: MaskAEForMaskedLM) -> None:
+        """`training.whiten_at_end`: a whitening of the code, fitted on a seeded sample of the training
+        corpus's lines (no labels), saved beside the final model so that embed and evaluate apply it."""
+        cap = DEFAULT_MAX_TEXTS if self.args.whiten_at_end is True else self.args.whiten_at_end
+        texts = sample_texts(load_texts(self.recipe)[0]["text"], cap, seed=self.args.seed)
+        fit_whitening(Embedder(model, self.tokenizer), texts).save(self.output_dir)
 
 
 def train(recipe: Recipe, output_dir: str | Path, resume: bool = False) -> dict[str, float]:
