@@ -71,3 +71,24 @@ def test_two_processes_match_one(tmp_path, small_tokenizer):
     training.train(recipe, resumed, resume=True)
     assert max_abs_diff(weights(two), weights(resumed)) < 1e-4
     assert [r["loss"] for r in read_log(resumed / "log.jsonl")] == pytest.approx([r["loss"] for r in log_two], abs=1e-4)
+
+
+def test_the_readme_cpu_launch_command_starts_two_processes(tmp_path, small_tokenizer):
+    """The `accelerate launch` line that the README prints for CPU users, run as printed (plus a shrunken recipe
+    and an output directory): it must really start two processes, which `--cpu --num_processes 2` does not."""
+    import re
+    import shlex
+
+    from conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    [line] = re.findall(r"^(ACCELERATE_USE_CPU=true accelerate launch .+ -m maskae train \S+)$", readme, re.MULTILINE)
+    assignment, *command = shlex.split(line)
+    name, value = assignment.split("=")
+    accelerate = os.path.join(os.path.dirname(sys.executable), command[0])  # the venv's own accelerate
+    overrides = [arg for key in [*SHRINK, f"tokenizer.path={small_tokenizer}"] for arg in ("--set", key)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", name: value}
+    done = subprocess.run([accelerate, *command[1:], *overrides, "--output-dir", str(tmp_path / "run")], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "eval_results.json").read_text())["num_processes"] == 2
