@@ -76,6 +76,11 @@ class DataCollatorForDenoising:
         self.special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
         vocab_ids = torch.arange(len(tokenizer))
         self.random_ids = vocab_ids[~torch.isin(vocab_ids, self.special_ids)]
+        if len(self.random_ids) == 0:
+            raise TokenizerError(
+                f"tokenizer {name!r} has only its {len(tokenizer)} special tokens, nothing to learn from; point at a "
+                "trained tokenizer, or train one with `maskae tokenizer train`."
+            )
         self.is_continuation = continuation_table(tokenizer) if self.noise.whole_word else None
         self.seed = seed
         self.generator = torch.Generator()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -101,7 +102,7 @@ class Embedder:
         """Load a MaskAE or stock checkpoint (directory or Hub id) and its tokenizer."""
         try:
             model = AutoModel.from_pretrained(str(name_or_path))
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, SafetensorError) as error:  # a truncated weights file: SafetensorError
             raise CheckpointError(
                 f"cannot load a model from {str(name_or_path)!r} ({error}); pass a directory with config.json and "
                 "weights, or a Hub model id."

@@ -53,20 +53,27 @@ def read_tsv(path: str | Path, columns: Sequence[str], limit: int | None = None)
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{str(path)!r} is not a file; pass a tab-separated file with a header row.")
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle, delimiter="\t")
-        missing = [c for c in columns if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(
-                f"{str(path)!r} lacks the column(s) {', '.join(missing)} (found: {', '.join(reader.fieldnames or [])}); "
-                f"give it a header row with {', '.join(columns)}, tab-separated."
-            )
-        table: dict[str, list[str]] = {c: [] for c in columns}
-        for row in reader:
-            if limit is not None and len(table[columns[0]]) >= limit:
-                break
-            for c in columns:
-                table[c].append(row[c])
+    # utf-8-sig: a byte-order mark (as Windows tools write) is not part of the first column's name
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        try:
+            reader = csv.DictReader(handle, delimiter="\t")
+            missing = [c for c in columns if c not in (reader.fieldnames or [])]
+            if missing:
+                raise DataError(
+                    f"{str(path)!r} lacks the column(s) {', '.join(missing)} (found: {', '.join(reader.fieldnames or [])}); "
+                    f"give it a header row with {', '.join(columns)}, tab-separated."
+                )
+            table: dict[str, list[str]] = {c: [] for c in columns}
+            for row in reader:
+                if limit is not None and len(table[columns[0]]) >= limit:
+                    break
+                if any(row[c] is None for c in columns):
+                    raise DataError(f"{str(path)!r}, line {reader.line_num}: the row has fewer fields than the header; "
+                                    "give every row a value for each column, tab-separated.")
+                for c in columns:
+                    table[c].append(row[c])
+        except UnicodeDecodeError:
+            raise DataError(f"{str(path)!r} is not UTF-8 text; re-encode it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`).") from None
     if not table[columns[0]]:
         raise DataError(f"{str(path)!r} has a header but no rows; give it at least one data row.")
     return table

@@ -22,7 +22,7 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from transformers import PreTrainedTokenizerBase
 
-from .errors import CheckpointError, ConfigError, ExportError, MaskAEError
+from .errors import CheckpointError, ConfigError, ExportError, MaskAEError, cause
 from .export import export_stock, saved_whitening
 from .modeling_maskae import MaskAEForMaskedLM, MaskAEModel
 
@@ -265,15 +265,21 @@ def push_folder(
     if token is None:
         raise MaskAEError("no Hugging Face token found; log in with `hf auth login` or set HF_TOKEN to a write token.")
     api = HfApi(token=token, library_name="maskae")
-    repo_id = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model").repo_id
-    if revision not in (None, "main"):
-        api.create_branch(repo_id, branch=revision, exist_ok=True)
-    return api.create_commit(
-        repo_id,
-        operations=operations,
-        commit_message=commit_message or f"Upload {folder.resolve().name} with maskae",
-        revision=revision,
-    )
+    try:
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model").repo_id
+        if revision not in (None, "main"):
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        return api.create_commit(
+            repo_id,
+            operations=operations,
+            commit_message=commit_message or f"Upload {folder.resolve().name} with maskae",
+            revision=revision,
+        )
+    except Exception as error:  # the Hub client raises HTTP, network and offline-mode errors of many types
+        raise MaskAEError(
+            f"the upload of {folder} to the Hub repo {repo_id} failed ({cause(error)}); check the network (and that "
+            "HF_HUB_OFFLINE is unset), that your token may write to that repo, then rerun."
+        ) from None
 
 
 def upload_operations(folder: Path) -> list[CommitOperationAdd]:

@@ -379,7 +379,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     if not path.is_file():
         raise ConfigError(f"recipe file {path} does not exist; pass the path of a YAML recipe, e.g. recipes/tiny-wikitext2.yaml.")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"recipe file {path} is not UTF-8 text; pass a YAML recipe saved as UTF-8.") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"recipe file {path} is not valid YAML ({error}); fix its syntax.") from None
     for assignment in overrides or []:

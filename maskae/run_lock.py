@@ -78,8 +78,9 @@ class RunLock:
 
     def _open(self) -> int:
         folder = self.path.parent
-        if folder.exists() and not folder.is_dir():
-            raise StorageError(f"{folder} is a file, not a directory; choose a directory as the output.")
+        existing = next(path for path in (folder, *folder.parents) if path.exists())
+        if not existing.is_dir():
+            raise StorageError(f"{existing} is a file, not a directory; choose another output directory.")
         try:
             folder.mkdir(parents=True, exist_ok=True)
             return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)

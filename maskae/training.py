@@ -203,6 +203,11 @@ def load_texts(recipe: Recipe) -> tuple[Dataset, Dataset]:
         return train, corpus.load_corpus(args.validation, text_column=args.text_column)
     if args.train is None:
         return train, corpus.load_corpus(str(corpus.default_corpus("validation")), text_column=args.text_column)
+    if round(len(train) * args.validation_fraction) < 1 or len(train) < 2:
+        raise DataError(
+            f"{args.train} has {len(train)} non-blank line(s), too few to hold out data.validation_fraction="
+            f"{args.validation_fraction} of them; give more text, or a held-out corpus as data.validation."
+        )
     parts = train.train_test_split(test_size=args.validation_fraction, shuffle=False)
     return parts["train"], parts["test"]
 

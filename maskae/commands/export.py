@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
+from safetensors import SafetensorError
 from transformers import AutoTokenizer
 
 from ..errors import CheckpointError, ConfigError
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         raise CheckpointError(f"{args.model} has no config.json; pass the directory that `maskae train` wrote.")
     try:
         model = MaskAEForMaskedLM.from_pretrained(args.model)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, SafetensorError) as error:
         raise CheckpointError(f"cannot load a MaskAE model from {args.model} ({error}); pass a maskae model directory.") from None
     tokenizer = _tokenizer(args)
     recipe = _yaml_file(args.recipe or args.model / "recipe.yaml", required=args.recipe is not None)
