@@ -35,8 +35,16 @@ def quiet_library_bars() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def write(line: str) -> None:
+    """Print `line` on stdout above any live progress bar, flushed so that a log capturing stdout and stderr
+    together keeps it in order with the bar's status lines."""
+    tqdm.write(line, file=sys.stdout)
+    sys.stdout.flush()
+
+
 class Progress:
-    """`with Progress(total) as progress: progress.update(1, loss=...); progress.write("eval line")`."""
+    """`with Progress(total) as progress: progress.update(1); progress.set_postfix(loss="6.5")`; print other
+    lines with `write`."""
 
     def __init__(self, total: int, initial: int = 0, desc: str = "training", enabled: bool = True,
                  terminal: bool | None = None, interval: float = PLAIN_INTERVAL_S) -> None:
@@ -60,7 +68,7 @@ class Progress:
         self.n += n
         if self.bar is not None:
             self.bar.update(n)
-        elif self.enabled and (self.n >= self.total or time.perf_counter() - self.last_printed >= self.interval):
+        elif self.enabled and time.perf_counter() - self.last_printed >= self.interval:
             self._print_status()
 
     def set_postfix(self, **values: str) -> None:
@@ -68,22 +76,14 @@ class Progress:
         if self.bar is not None:
             self.bar.set_postfix(self.postfix)
 
-    def write(self, line: str) -> None:
-        """A line above the bar on a terminal; in order with the status lines in a captured log."""
-        if self.bar is not None:
-            self.bar.write(line, file=sys.stdout)
-        else:
-            print(line, file=sys.stdout)
-        sys.stdout.flush()
-
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  traceback: TracebackType | None) -> None:
         if self.bar is not None:
             self.bar.close()  # ends the bar's line, so an error printed next starts on its own
             logging.captureWarnings(False)
             self._redirect.__exit__(kind, error, traceback)
-        elif self.enabled and kind is not None and self.n > self.initial:
-            self._print_status()  # where the run stopped
+        elif self.enabled and self.n > self.initial:
+            self._print_status()  # where the run ended or stopped
 
     def _print_status(self) -> None:
         now = time.perf_counter()

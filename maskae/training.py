@@ -36,16 +36,22 @@ from typing import Iterator
 
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import ProjectConfiguration, is_tensorboard_available, is_trackio_available, set_seed
+from accelerate.utils import (
+    ProjectConfiguration,
+    extract_model_from_parallel,
+    is_tensorboard_available,
+    is_trackio_available,
+    set_seed,
+)
 from datasets import Dataset
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase, get_scheduler
 
 from . import data as corpus
 from .collator import DataCollatorForDenoising
 from .configuration_maskae import MaskAEConfig, num_layers
+from .console import Progress, write
 from .embeddings import Embedder
 from .errors import CheckpointError, ConfigError, DataError, MaskAEError, StorageError, TokenizerError
 from .integrity import damage, directory_records, file_record
@@ -117,6 +123,19 @@ def checkpoint_damage(path: Path) -> str | None:
     except (OSError, ValueError, AttributeError):
         return f"its {COMPLETE_MARKER} is unreadable"
     return None if records is None else damage(path, records)
+
+
+def drop_tied_copies(models: list[nn.Module], weights: list[dict[str, torch.Tensor]], output_dir: str) -> None:
+    """A `save_state` pre-hook: leave each tied copy (the MLM decoder, which is the word embeddings) out of
+    the checkpoint, as `save_pretrained` does; `load_state` ties it again. Accelerate would otherwise drop
+    the same tensors itself, with a "Removed shared tensor" warning on every checkpoint."""
+    for model, state in zip(models, weights):
+        tied = getattr(extract_model_from_parallel(model), "all_tied_weights_keys", None) or {}
+        prefix = "module." if any(key.startswith("module.") for key in state) else ""  # DistributedDataParallel's
+        for target, source in tied.items():
+            copy, original = state.get(prefix + target), state.get(prefix + source)
+            if copy is not None and original is not None and copy.data_ptr() == original.data_ptr():
+                del state[prefix + target]
 
 
 # ---------------------------------------------------------------- building blocks
@@ -326,6 +345,7 @@ class Trainer:
         scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.warmup_steps,
                                   num_training_steps=args.max_steps)
         self.model, self.optimizer, self.scheduler = accelerator.prepare(model, optimizer, scheduler)
+        accelerator.register_save_state_pre_hook(drop_tied_copies)
         accelerator.register_for_checkpointing(self.collator, self.state)
         init_trackers(accelerator, self.recipe)
         if self.resume:
@@ -466,33 +486,32 @@ class Trainer:
         self.prepare()
         accelerator, args = self.accelerator, self.args
         started = time.perf_counter()
+        self.clock_start = started - self._logged_seconds()  # a resumed run continues the logs' clock
         self.model.train()
-        progress = tqdm(total=args.max_steps, initial=self.state.step, desc="training",
-                        disable=not accelerator.is_local_main_process, dynamic_ncols=True)
         window_tokens, window_start, trained_tokens = 0, time.perf_counter(), 0
         batches = self.global_batches()
-        while self.state.step < args.max_steps:
-            batch = next(batches)
-            tokens = int(batch["attention_mask"].sum())
-            outcome = self.training_step(batch)
-            loss = outcome["loss"]
-            self.state.step += 1
-            window_tokens += tokens
-            trained_tokens += tokens
-            progress.update(1)
-            if not math.isfinite(loss):
-                progress.close()  # the error is printed on a line of its own, not after the bar
-                self._diverged(loss)
-            if self.state.step % args.logging_steps == 0 or self.state.step == args.max_steps:
-                elapsed = time.perf_counter() - window_start
-                record = {"step": self.state.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
-                          "tokens_per_s": window_tokens / max(elapsed, 1e-9), "grad_norm": outcome["grad_norm"],
-                          "targets": outcome["targets"], "epoch": self.state.step / self.steps_per_epoch}
-                self._log("log.jsonl", record)
-                progress.set_postfix(loss=f"{loss:.3f}", lr=f"{record['lr']:.2e}")
-                window_tokens, window_start = 0, time.perf_counter()
-            self.on_step_end()
-        progress.close()
+        # Closed on the way out of an error too, so that the error is printed on a line of its own.
+        with Progress(args.max_steps, initial=self.state.step, enabled=accelerator.is_local_main_process) as progress:
+            while self.state.step < args.max_steps:
+                batch = next(batches)
+                tokens = int(batch["attention_mask"].sum())
+                outcome = self.training_step(batch)
+                loss = outcome["loss"]
+                self.state.step += 1
+                window_tokens += tokens
+                trained_tokens += tokens
+                progress.update(1)
+                if not math.isfinite(loss):
+                    self._diverged(loss)
+                if self.state.step % args.logging_steps == 0 or self.state.step == args.max_steps:
+                    elapsed = time.perf_counter() - window_start
+                    record = {"step": self.state.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
+                              "tokens_per_s": window_tokens / max(elapsed, 1e-9), "grad_norm": outcome["grad_norm"],
+                              "targets": outcome["targets"], "epoch": self.state.step / self.steps_per_epoch}
+                    progress.set_postfix(loss=f"{loss:.3f}", lr=f"{record['lr']:.2e}")
+                    self._log("log.jsonl", record)
+                    window_tokens, window_start = 0, time.perf_counter()
+                self.on_step_end()
         wall_time = time.perf_counter() - started
         results = self.evaluate()
         results.update(step=self.state.step, train_tokens_per_s=trained_tokens / max(wall_time, 1e-9),
@@ -519,11 +538,23 @@ class Trainer:
             "training.warmup_steps or use mixed_precision=bf16 instead of fp16, then rerun with --resume."
         )
 
+    def _logged_seconds(self) -> float:
+        """The wall-clock seconds that log.jsonl already covers (0 for a new run)."""
+        seconds, path = 0.0, self.output_dir / "log.jsonl"
+        for line in path.read_text().splitlines() if path.is_file() else []:
+            try:
+                seconds = json.loads(line).get("elapsed_s", seconds)
+            except ValueError:
+                break
+        return seconds
+
     def _log(self, name: str, record: dict) -> None:
-        """Append one JSON line (main process), send it to the trackers, and summarise evaluations."""
-        if name == "eval_log.jsonl":
+        """Append one JSON line with the run's wall-clock seconds so far (main process), send it to the trackers,
+        and print evaluations above the progress bar."""
+        record = {**record, "elapsed_s": round(time.perf_counter() - self.clock_start, 3)}
+        if name == "eval_log.jsonl" and self.accelerator.is_main_process:
             summary = " | ".join(f"{k[5:]} {v:.4g}" for k, v in record.items() if k.startswith("eval_"))
-            self.accelerator.print(f"step {record['step']} | eval | {summary}")
+            write(f"step {record['step']} | eval | {summary}")
         if self.accelerator.is_main_process:
             with open(self.output_dir / name, "a") as handle:
                 handle.write(json.dumps(record) + "\n")

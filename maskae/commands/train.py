@@ -17,7 +17,8 @@ Output directory: log.jsonl (one line per logging step: step, loss, lr, tokens_p
 eval_log.jsonl, checkpoint-<step>/ (written atomically; the newest training.save_total_limit are
 kept), and at the end the model (save_pretrained), its tokenizer, recipe.yaml and eval_results.json.
 
-Multi-process: accelerate launch [--config_file recipes/accelerate/ddp.yaml] -m maskae train RECIPE.yaml
+Multi-process: accelerate launch --config_file recipes/accelerate/ddp.yaml -m maskae train RECIPE.yaml (GPUs);
+ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 -m maskae train RECIPE.yaml (CPUs)
 
 Security: --resume loads optimizer, scheduler and RNG states with torch.load (pickle), as Accelerate
 does; only resume from checkpoints that your own runs wrote.
@@ -45,8 +46,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..console import quiet_library_bars
     from ..training import train  # torch and friends load only when training
 
+    quiet_library_bars()  # in a captured log, their redraws would be fragments glued to the next line
     for name in ("accelerate.accelerator", "accelerate.checkpointing"):  # one line per saved file otherwise
         logging.getLogger(name).setLevel(logging.WARNING)
     recipe = load_recipe(args.recipe, args.overrides)
