@@ -321,6 +321,16 @@ def test_crlf_and_bom_corpus_tokenizes_like_a_clean_one(ws: Path):
     assert (ws / "tok-messy" / "tokenizer.json").read_bytes() == (ws / "tok-clean" / "tokenizer.json").read_bytes()
 
 
+def test_crlf_and_bom_table_evaluates_like_a_clean_one(ws: Path, capsys):
+    messy = ws / "sts-messy.tsv"
+    messy.write_bytes(b"\xef\xbb\xbf" + (ws / "sts.tsv").read_text().replace("\n", "\r\n").encode())
+    figures = []
+    for table in ("sts.tsv", "sts-messy.tsv"):
+        assert main(["evaluate", str(ws / "model"), "--task", "sts", "--data", str(ws / table), "--json"]) == 0
+        figures.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["spearman_x100"])
+    assert figures[0] == figures[1]
+
+
 def test_a_very_long_line_tokenizes(ws: Path):
     long_line = ws / "long.txt"
     long_line.write_text(" ".join(f"word{i % 500}" for i in range(200_000)) + "\n")  # one 1.8 MB line
