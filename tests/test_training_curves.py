@@ -83,3 +83,22 @@ def test_runs_with_the_same_name_get_their_parents_in_the_legend(tmp_path):
     a, b = write_run(tmp_path / "x" / "final", [1, 2]), write_run(tmp_path / "y" / "final", [1, 2])
     _, figure = plot_training_curves([a, b], tmp_path / "c.png")
     assert [line.get_label() for line in figure.axes[0].lines] == ["x/final", "y/final"]
+
+
+def test_export_puts_the_curves_into_the_model_card(tmp_path):
+    from huggingface_hub import ModelCard
+    from transformers import BertConfig, BertTokenizerFast
+
+    from maskae import MaskAEConfig, MaskAEForMaskedLM
+
+    run = write_run(tmp_path / "run", [1, 2, 3])
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat"]
+    (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
+    BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt")).save_pretrained(run)
+    config = BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=16)
+    MaskAEForMaskedLM(MaskAEConfig(base_config=config, split_layer=1)).save_pretrained(run)
+    for flags, out in (([], "hub"), (["--sentence-transformers"], "st")):
+        assert main(["--quiet", "export", str(run), "--out", str(tmp_path / out), *flags]) == 0
+        assert (tmp_path / out / "plots" / "training_curves.png").is_file()
+        assert "![training curves](plots/training_curves.png)" in ModelCard.load(tmp_path / out / "README.md").text
