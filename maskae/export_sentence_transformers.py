@@ -83,13 +83,18 @@ def save_sentence_transformer(
         )
     if isinstance(layer, bool) or not isinstance(layer, (int, type(None))):
         raise ExportError(f"layer={layer!r} must be one int (or None for the default); a list of layers has no stock equivalent.")
-    resolved = embedder.resolve_layers(layer)
-    depth = embedder.num_layers if resolved is None else resolved[0]  # the code of a MaskAE model: its split layer
+    depth = _depth(embedder, layer)
     encoder = truncated_encoder(embedder, depth)
 
     encoder.save_pretrained(out)
     embedder.tokenizer.save_pretrained(out)
-    whitening = whitening if whitening is not None else _saved_whitening(embedder, layer, pooling)
+    if whitening is None:
+        whitening = _saved_whitening(embedder, layer, pooling)
+    elif (_depth(embedder, whitening.layer), whitening.pooling) != (depth, pooling):
+        raise ExportError(
+            f"the whitening was fitted at layer {whitening.layer} with {whitening.pooling} pooling, not on this export's "
+            f"layer {depth} with {pooling} pooling; pass layer and pooling to match it, or fit one for them."
+        )
     modules = _write_modules(out, encoder.config, embedder, pooling, normalize, whitening)
 
     for plot in plot_files:
@@ -199,6 +204,12 @@ def _saved_whitening(embedder: Embedder, layer: int | None, pooling: str) -> Whi
         logger.warning("the model's whitening was fitted at layer %s with %s pooling, not on this export's "
                        "embeddings; exporting without it", embedder.whitening.layer, embedder.whitening.pooling)
     return whitening
+
+
+def _depth(embedder: Embedder, layer: int | None) -> int:
+    """The hidden state that `layer` names; None is a MaskAE model's code (its split layer) or a stock model's top."""
+    resolved = embedder.resolve_layers(layer)
+    return embedder.num_layers if resolved is None else resolved[0]
 
 
 def _maskae_backbone(embedder: Embedder) -> str | None:

@@ -221,3 +221,8 @@ def test_errors_are_one_sentence(tmp_path, tiny_run, minilm_path, capsys):
         save_sentence_transformer(tiny_run, tmp_path / "full")
     assert main(["export", str(tiny_run), "--out", str(tmp_path / "f"), "--layer", "1"]) == 2
     assert "add --sentence-transformers" in capsys.readouterr().err
+
+
+def test_a_whitening_for_another_layer_is_refused(minilm_path, whitening, tmp_path):
+    with pytest.raises(ExportError, match="fitted at layer 3 with mean pooling"):
+        save_sentence_transformer(minilm_path, tmp_path / "x", layer=4, whitening=whitening)
