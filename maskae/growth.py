@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -35,7 +36,7 @@ from .configuration_maskae import with_num_layers
 from .errors import ConfigError
 from .modeling_maskae import MaskAEForMaskedLM
 from .recipe import GrowthArgs, Recipe
-from .training import CHECKPOINT_PATTERN, Trainer, build_optimizer, latest_checkpoint
+from .training import CHECKPOINT_PATTERN, Trainer, build_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -224,11 +225,8 @@ class GrowthTrainer(Trainer):
             self._log("log.jsonl", {"step": self.state.step, **event})
         super().on_step_end()
 
-    def _resume(self) -> None:
-        checkpoint = latest_checkpoint(self.output_dir)
-        if checkpoint is not None:
-            reached = int(CHECKPOINT_PATTERN.match(checkpoint.name).group(1))
-            for start in self.stage_starts[1:]:
-                if start <= reached:
-                    self.grow_at(start)  # shapes only: the checkpoint's weights and states are loaded next
-        super()._resume()
+    def prepare_to_load(self, checkpoint: Path) -> None:
+        reached = int(CHECKPOINT_PATTERN.match(checkpoint.name).group(1))
+        for start in self.stage_starts[1:]:
+            if start <= reached:
+                self.grow_at(start)  # shapes only: the checkpoint's weights and states are loaded next

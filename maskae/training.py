@@ -53,7 +53,7 @@ from .collator import DataCollatorForDenoising
 from .configuration_maskae import MaskAEConfig, num_layers
 from .console import Progress, write
 from .embeddings import Embedder
-from .errors import CheckpointError, ConfigError, DataError, MaskAEError, StorageError, TokenizerError
+from .errors import CheckpointError, ConfigError, DataError, MaskAEError, StorageError, TokenizerError, cause
 from .integrity import damage, directory_records, file_record
 from .mlm_metrics import masked_lm_metrics, pseudo_perplexity
 from .modeling_maskae import MaskAEForMaskedLM
@@ -364,22 +364,32 @@ class Trainer:
         return [collator(rows[start : start + size]) for start in range(0, len(rows), size)]
 
     def _resume(self) -> None:
-        """Load the newest intact checkpoint; damaged newer ones are set aside as `<name>.damaged`."""
-        checkpoints = complete_checkpoints(self.output_dir)
-        if not checkpoints:
+        checkpoint = self._intact_checkpoint()
+        if checkpoint is None:
             logger.info("no complete checkpoint in %s; starting from scratch", self.output_dir)
             return
-        damaged: list[tuple[Path, str]] = []
-        for checkpoint in reversed(checkpoints):
+        self.prepare_to_load(checkpoint)
+        try:
+            self.accelerator.load_state(str(checkpoint))
+        except Exception as error:  # safetensors, torch.load and pickle each raise their own types
+            raise CheckpointError(f"cannot load {checkpoint} ({cause(error)}); move it away to resume from the one "
+                                  "before it, or rerun without --resume into a new --output-dir.") from None
+        logger.info("resumed from %s at step %d", checkpoint, self.state.step)
+        if self.accelerator.is_main_process:
+            for name in ("log.jsonl", "eval_log.jsonl"):
+                self._truncate_log(self.output_dir / name, self.state.step)
+
+    def _intact_checkpoint(self) -> Path | None:
+        """The newest complete checkpoint whose files match their records; damaged newer ones are set
+        aside as `<name>.damaged` with a warning. None when there is no complete checkpoint at all."""
+        intact, damaged = None, []
+        for checkpoint in reversed(complete_checkpoints(self.output_dir)):
             problem = checkpoint_damage(checkpoint)
             if problem is None:
-                try:
-                    self.accelerator.load_state(str(checkpoint))
-                    break
-                except Exception as error:  # safetensors, torch.load and pickle each raise their own types
-                    problem = f"it cannot be loaded ({type(error).__name__}: {error})"
+                intact = checkpoint
+                break
             damaged.append((checkpoint, problem))
-        else:
+        if intact is None and damaged:
             newest, problem = damaged[0]
             raise CheckpointError(
                 f"no checkpoint in {self.output_dir} is intact (the newest, {newest.name}: {problem}); move them "
@@ -389,14 +399,14 @@ class Trainer:
         for bad, problem in damaged:
             aside = bad.with_name(bad.name + DAMAGED_SUFFIX)
             logger.warning("checkpoint %s is damaged (%s), so this run resumes from %s and keeps the damaged one "
-                           "as %s.", bad, problem, checkpoint.name, aside.name)
+                           "as %s.", bad, problem, intact.name, aside.name)
             if self.accelerator.is_main_process:
                 shutil.rmtree(aside, ignore_errors=True)
                 os.replace(bad, aside)
-        logger.info("resumed from %s at step %d", checkpoint, self.state.step)
-        if self.accelerator.is_main_process:
-            for name in ("log.jsonl", "eval_log.jsonl"):
-                self._truncate_log(self.output_dir / name, self.state.step)
+        return intact
+
+    def prepare_to_load(self, checkpoint: Path) -> None:
+        """Shape the model like `checkpoint` before its states load; override where shapes change (growth)."""
 
     @staticmethod
     def _truncate_log(path: Path, step: int) -> None:
