@@ -24,6 +24,7 @@ from datasets import Dataset
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
+from .console import is_terminal
 from .data import load_corpus
 from .errors import ConfigError, StorageError
 
@@ -52,7 +53,8 @@ def _wordpiece(lowercase: bool, vocab_size: int, min_frequency: int) -> tuple[To
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tokenizer.decoder = decoders.WordPiece(prefix="##")
     specials = list(WORDPIECE_SPECIALS.values())
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials)
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
+                                        show_progress=is_terminal())  # off a terminal: blank lines only
     return tokenizer, trainer
 
 
@@ -68,6 +70,7 @@ def _bpe(lowercase: bool, vocab_size: int, min_frequency: int) -> tuple[Tokenize
         min_frequency=min_frequency,
         special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=is_terminal(),  # off a terminal its bars leave only blank lines
     )
     return tokenizer, trainer
 
