@@ -47,17 +47,15 @@ class Progress:
     lines with `write`."""
 
     def __init__(self, total: int, initial: int = 0, desc: str = "training", enabled: bool = True,
-                 terminal: bool | None = None, interval: float = PLAIN_INTERVAL_S) -> None:
-        self.total, self.n, self.desc, self.enabled = total, initial, desc, enabled
-        self.initial = initial
-        self.terminal = is_terminal() if terminal is None else terminal
-        self.interval = interval
+                 interval: float = PLAIN_INTERVAL_S) -> None:
+        self.total, self.initial, self.n = total, initial, initial
+        self.desc, self.enabled, self.interval = desc, enabled, interval
         self.postfix: dict[str, str] = {}
         self.bar: tqdm | None = None
 
     def __enter__(self) -> "Progress":
         self.started = self.last_printed = time.perf_counter()
-        if self.enabled and self.terminal:
+        if self.enabled and is_terminal():
             self.bar = tqdm(total=self.total, initial=self.n, desc=self.desc, dynamic_ncols=True, file=sys.stderr)
             self._redirect = logging_redirect_tqdm()
             self._redirect.__enter__()  # log records go through tqdm.write, above the bar
