@@ -34,7 +34,10 @@ from .errors import ConfigError, DataError, cause
 
 RESOURCES = Path(__file__).parent / "resources"
 DEFAULT_CORPUS = {
-    "train": RESOURCES / "wikitext2_train_excerpt.txt",
+    # what a recipe without data.train pretrains on: the two files below
+    "pretraining": RESOURCES / "pretraining",
+    "train": RESOURCES / "pretraining" / "wikitext2_train_excerpt.txt",
+    "tasks": RESOURCES / "pretraining" / "task_sentences_excerpt.txt",
     "validation": RESOURCES / "wikitext2_validation_excerpt.txt",
 }
 # File suffix -> (datasets builder, its extra arguments).
@@ -55,7 +58,9 @@ UNLIMITED = 1_000_000
 
 
 def default_corpus(split: str = "train") -> Path:
-    """The packaged WikiText-2 excerpt (CC BY-SA 3.0, see maskae/resources/README.md)."""
+    """A packaged corpus (see maskae/resources/README.md): "pretraining", the folder of the two below;
+    "train" and "validation", the WikiText-2 excerpts (CC BY-SA 3.0); "tasks", unlabelled training
+    sentences of SST-2 and STS-B (task-adaptive pretraining text)."""
     if split not in DEFAULT_CORPUS:
         raise ConfigError(f"the packaged corpus has no split {split!r}; use one of {', '.join(DEFAULT_CORPUS)}.")
     return DEFAULT_CORPUS[split]

@@ -79,7 +79,7 @@ class TokenizerArgs:
 class DataArgs:
     train: str | None = option(
         None, "training corpus: a txt/jsonl/csv/parquet file, a saved datasets dir or a Hub id; "
-        "empty uses the WikiText-2 excerpt packaged with maskae"
+        "empty uses the corpus packaged with maskae (a WikiText-2 excerpt and unlabelled SST-2 / STS-B training sentences)"
     )
     validation: str | None = option(
         None, "held-out corpus for evaluation; empty uses the packaged excerpt's validation split with the "
