@@ -142,8 +142,9 @@ def drop_tied_copies(models: list[nn.Module], weights: list[dict[str, torch.Tens
 
 
 def train_source(recipe: Recipe) -> str:
-    """The training corpus: data.train, or the WikiText-2 excerpt packaged with maskae."""
-    return str(recipe.data.train if recipe.data.train is not None else corpus.default_corpus("train"))
+    """The training corpus: data.train, or the pretraining corpus packaged with maskae (WikiText-2 excerpt
+    and unlabelled task sentences)."""
+    return str(recipe.data.train if recipe.data.train is not None else corpus.default_corpus("pretraining"))
 
 
 def build_tokenizer(recipe: Recipe, output_dir: Path, accelerator: Accelerator) -> PreTrainedTokenizerBase:
