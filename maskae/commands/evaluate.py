@@ -1,15 +1,19 @@
-"""`maskae evaluate MODEL --task sts|probe|layers --data PATH`: how good are the model's embeddings?"""
+"""`maskae evaluate MODEL --task sts|probe|mlm|layers|finetune|glue --data PATH`: how good are the model's
+embeddings, and how many labels does a task need when the encoder is fine-tuned?"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 from pathlib import Path
 
 from ..embeddings import POOLINGS
 from ..errors import ConfigError, DataError
+from ..finetuning import GLUE_TASKS, describe_hyperparameters
 
-TASKS = ("sts", "probe", "mlm", "layers")
+TASKS = ("sts", "probe", "mlm", "layers", "finetune", "glue")
+DEFAULT_SEEDS = {"probe": 5, "finetune": 3, "glue": 3}
 
 EPILOG = """\
 tasks:
@@ -25,6 +29,20 @@ tasks:
           for pseudo-perplexity (one forward pass per token).
   layers  the --of figure (sts or probe) at every encoder layer (0 = embeddings), as a table and a
           PNG plot (--output), to find the layer that embeds best.
+  finetune  fine-tune the stock *ForSequenceClassification of the encoder (a MaskAE model's first
+          split_layer layers, exported with export_stock; --whole-stack: every layer; --layer K: the
+          first K) on each label budget (--budgets, stratified seeded samples, --seeds, mean ± std) and
+          score the validation split with the task's GLUE metric: Matthews correlation (CoLA),
+          accuracy and F1 (MRPC), Pearson and Spearman (STS-B), accuracy (SST-2, RTE, other tasks).
+          --data: a task directory with train.tsv and validation.tsv, recognised by its name (cola,
+          sst2, mrpc, stsb, rte) or by its columns (sentence + label; sentence1 + sentence2 + label |
+          score). Pairs are fed as one pair. --baseline adds the same network from a seeded random
+          initialisation, and logistic (for scores: ridge) regression on LSA features of the encoder's
+          width ([a, b, |a-b|, a*b] for pairs). --save DIR keeps the classifier of the last budget's
+          first seed. Fixed hyper-parameters (no tuning per model):
+{hyperparameters}
+  glue    finetune on each of {glue} under --data (a folder holding them), and the GLUE-style
+          average (a task with two metrics counts their mean); --save DIR keeps DIR/<task>.
 
 --baseline adds TF-IDF + truncated SVD (LSA) and PCA of the full-width embeddings, both at width
 --dim (default: the model's code width), so a bottleneck of width d meets the classic linear
@@ -40,6 +58,8 @@ examples:
   maskae evaluate runs/tiny --task probe --data sst2 --budgets 100,1000,all --max-train 10000 --baseline
   maskae evaluate runs/tiny --task layers --of sts --data stsb/validation.tsv --output layers.png --json
   maskae evaluate all-MiniLM-L6-v2 --task sts --data stsb/test.tsv --layer 3 --whiten stsb/train.tsv
+  maskae evaluate runs/tiny --task finetune --data sst2 --budgets 100,1000 --seeds 3 --baseline
+  maskae evaluate all-MiniLM-L6-v2 --task glue --data ../shared/data --layer 3 --budgets 100,1000,all --max-train 5000
 """
 
 
@@ -55,22 +75,31 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "evaluate",
         help="score a model's embeddings: STS Spearman, few-label probes, per-layer sweeps",
         description="Score a model's embeddings (a MaskAE model directory or any stock encoder checkpoint).",
-        epilog=EPILOG,
+        epilog=EPILOG.format(hyperparameters=textwrap.indent(describe_hyperparameters(), " " * 10), glue=", ".join(GLUE_TASKS)),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("model", metavar="MODEL", help="model directory or Hub id (MaskAE or a stock encoder)")
     parser.add_argument("--task", required=True, choices=TASKS, help="what to measure (see below)")
-    parser.add_argument("--data", required=True, type=Path, help="the tsv (or, for probe, a directory) to evaluate on")
+    parser.add_argument("--data", required=True, type=Path,
+                        help="the tsv, or for probe / finetune a task directory, or for glue the folder of tasks")
     parser.add_argument("--eval-data", type=Path, help="probe: the evaluation tsv when --data is the training tsv")
     parser.add_argument("--of", choices=("sts", "probe"), default="sts", help="layers: which figure to sweep (default: sts)")
-    parser.add_argument("--layer", type=int, help="hidden state k to embed with (0 = embeddings; default: the code)")
+    parser.add_argument("--layer", type=int, help="hidden state k to embed with (0 = embeddings; default: the code); "
+                        "finetune, glue: fine-tune the first k layers")
     parser.add_argument("--pooling", choices=[p for p in POOLINGS if p != "none"], default="mean",
                         help="how token vectors become one sentence vector (default: mean)")
-    parser.add_argument("--baseline", action="store_true", help="also score LSA and PCA baselines of width --dim")
+    parser.add_argument("--baseline", action="store_true", help="also score LSA and PCA baselines of width --dim "
+                        "(finetune, glue: the random-init network and LSA)")
     parser.add_argument("--dim", type=positive_int, help="width of the baselines (default: the model's code width)")
-    parser.add_argument("--budgets", default="100,1000,all", help="probe: label budgets, comma-separated (default: 100,1000,all)")
-    parser.add_argument("--seeds", type=positive_int, default=5, help="probe: samples drawn per budget, averaged (default: 5)")
-    parser.add_argument("--max-train", type=positive_int, help="probe: size of the training pool that 'all' means (default: every row)")
+    parser.add_argument("--budgets", default="100,1000,all",
+                        help="probe, finetune, glue: label budgets, comma-separated (default: 100,1000,all)")
+    parser.add_argument("--seeds", type=positive_int,
+                        help="probe, finetune, glue: samples drawn per budget, averaged (default: 5 for probe, 3 otherwise)")
+    parser.add_argument("--max-train", type=positive_int,
+                        help="probe, finetune, glue: size of the training pool that 'all' means (default: every row)")
+    parser.add_argument("--whole-stack", action="store_true",
+                        help="finetune, glue: fine-tune a MaskAE model's whole stack, not only its encoder")
+    parser.add_argument("--save", type=Path, metavar="DIR", help="finetune, glue: keep the fine-tuned classifier here")
     parser.add_argument("--limit", type=positive_int, help="only the first N evaluation rows (quick checks)")
     parser.add_argument("--batch-size", type=positive_int, default=32, help="sentences per forward pass (default: 32)")
     parser.add_argument("--max-length", type=int, help="truncate sentences to this many tokens (default: the model's limit)")
@@ -98,6 +127,8 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation import evaluate_layers, evaluate_mlm, evaluate_probe, evaluate_sts, parse_budgets
     from ..plotting import plot_layer_curve
 
+    if args.task in ("finetune", "glue"):
+        return report(fine_tune(args), args)
     if args.task == "mlm":
         result = evaluate_mlm(args.model, args.data, block_size=args.block_size, limit=args.limit,
                               pseudo_blocks=args.pseudo_blocks, batch_size=args.batch_size)
@@ -112,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         data = dict(data=args.data)
     else:
         train, eval_ = probe_files(args.data, args.eval_data)
-        data = dict(train=train, eval=eval_, budgets=parse_budgets(args.budgets), seeds=tuple(range(args.seeds)),
+        data = dict(train=train, eval=eval_, budgets=parse_budgets(args.budgets), seeds=tuple(range(seed_count(args))),
                     max_train=args.max_train)
     if args.task == "layers":
         result = evaluate_layers(model, task, **data, **common)
@@ -131,6 +162,23 @@ def run(args: argparse.Namespace) -> int:
     else:
         result = evaluate_probe(model, layer=args.layer, whiten=whiten, **data, **common)
     return report(result, args)
+
+
+def seed_count(args: argparse.Namespace) -> int:
+    return args.seeds or DEFAULT_SEEDS.get(args.task, DEFAULT_SEEDS["probe"])
+
+
+def fine_tune(args: argparse.Namespace) -> dict:
+    """--task finetune | glue."""
+    from ..evaluation import parse_budgets
+    from ..finetuning import evaluate_finetune, evaluate_glue
+
+    if args.whiten is not None:
+        raise ConfigError(f"--whiten applies to --task sts or probe, not {args.task}; drop it or change the task.")
+    run = evaluate_glue if args.task == "glue" else evaluate_finetune
+    return run(args.model, args.data, budgets=parse_budgets(args.budgets), seeds=tuple(range(seed_count(args))),
+               max_train=args.max_train, layer=args.layer, whole_stack=args.whole_stack, baseline=args.baseline,
+               limit=args.limit, save=args.save)
 
 
 def fitted_whitening(args: argparse.Namespace):
@@ -194,6 +242,10 @@ def describe(result: dict) -> str:
             cells = "".join(f"{b['accuracy_x100']:>11.2f} ± {b['std_x100']:4.2f}" for b in figures)
             lines.append(f"  {name:<8} {dim:>5}  {cells}")
         return "\n".join(lines)
+    if result["task"] == "finetune":
+        return describe_finetune(result)
+    if result["task"] == "glue":
+        return describe_glue(result)
     first = result["layers"][0]
     what = (
         f"STS Spearman x100 on {first['pairs']} pairs" if result["of"] == "sts"
@@ -215,3 +267,41 @@ def figure_cells(row: dict) -> list[tuple[str, float]]:
     for name, base in row.get("baselines", {}).items():
         cells += [(f"{name} {b['budget']}", b["accuracy_x100"]) for b in base["budgets"]]
     return cells
+
+
+def systems(result: dict) -> list[tuple[str, list[dict]]]:
+    """(name, per-budget rows) of the model and each baseline of a finetune result."""
+    return [("model", result["budgets"])] + [(n, b["budgets"]) for n, b in result.get("baselines", {}).items()]
+
+
+def describe_finetune(result: dict) -> str:
+    metrics = " and ".join(result["metrics"])
+    lines = [
+        f"fine-tuning on {result['glue_task']} ({result['layers']} layers): {metrics} x100 on {result['eval_examples']} "
+        f"validation examples (mean ± std over seeds; 'all' = the {result['train_pool']} training examples)",
+        f"  {'':<12}{'labels':>7}  " + "".join(f"{m:>22}" for m in result["metrics"]) + f"{'time':>10}",
+    ]
+    for name, rows in systems(result):
+        for row in rows:
+            cells = "".join(f"{row['metrics_x100'][m]:>14.2f} ± {row['std_x100'][m]:5.2f}" for m in result["metrics"])
+            lines.append(f"  {name:<12}{row['budget']:>7}  {cells}{row['wall_s']:>9.0f}s")
+    lines.append(f"total {result['wall_s']:.0f} s" + (f"; classifier saved to {result['saved']}" if "saved" in result else ""))
+    return "\n".join(lines)
+
+
+def describe_glue(result: dict) -> str:
+    tasks = result["tasks"]
+    header = {"cola": "CoLA mcc", "sst2": "SST-2 acc", "mrpc": "MRPC acc/F1", "stsb": "STS-B P/S", "rte": "RTE acc"}
+    lines = [
+        f"GLUE validation scores x100 ({result['layers']} layers; mean over seeds; a task with two metrics shows their mean)",
+        f"  {'':<12}{'labels':>7}" + "".join(f"{header.get(t, t):>13}" for t in tasks) + f"{'average':>10}{'time':>9}",
+    ]
+    first = next(iter(tasks.values()))
+    for s, (name, rows) in enumerate(systems(first)):
+        for b, row in enumerate(rows):
+            task_rows = [systems(t)[s][1][b] for t in tasks.values()]
+            cells = "".join(f"{r['score_x100']:>13.2f}" for r in task_rows)
+            seconds = sum(r["wall_s"] for r in task_rows)
+            lines.append(f"  {name:<12}{row['budget']:>7}{cells}{result['average'][name][b]['score_x100']:>10.2f}{seconds:>8.0f}s")
+    lines.append(f"total {result['wall_s']:.0f} s")
+    return "\n".join(lines)
