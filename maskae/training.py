@@ -35,10 +35,11 @@ from contextlib import nullcontext
 from typing import Iterator
 
 import torch
-from accelerate import Accelerator, PartialState
+from accelerate import Accelerator
 from accelerate.utils import (
     ProjectConfiguration,
     extract_model_from_parallel,
+    get_int_from_env,
     is_tensorboard_available,
     is_trackio_available,
     set_seed,
@@ -642,7 +643,9 @@ def train(recipe: Recipe, output_dir: str | Path, resume: bool = False) -> dict[
     """Train `recipe` into `output_dir` (continuing from its newest complete checkpoint with `resume`);
     returns the final evaluation."""
     output_dir = Path(output_dir)
-    lock = RunLock(output_dir / LOCK_FILE, "maskae train") if PartialState().is_main_process else nullcontext()
+    # The launcher's rank, read before Accelerate sets up the processes (only global rank 0 takes the lock).
+    rank = get_int_from_env(["RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK", "PMI_RANK"], 0)
+    lock = RunLock(output_dir / LOCK_FILE, "maskae train") if rank == 0 else nullcontext()
     with lock:
         try:
             if recipe.growth.stages:
