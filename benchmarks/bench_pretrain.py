@@ -41,6 +41,7 @@ from maskae.data import default_corpus
 from maskae.recipe import load_recipe
 from maskae.tokenization import train_tokenizer
 from maskae.training import Trainer
+from maskae.whitening import build_corpus_folder
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -54,7 +55,6 @@ ROWS: dict[str, dict] = {
     "reference": {},
     # data
     "WikiText-2 excerpt only (the old default)": {"corpus": "excerpt"},
-    "full WikiText-2 train": {"corpus": "wikitext2"},
     "full WikiText-2 + all GLUE train sentences": {"corpus": "wikitext2+tasks"},
     # noise
     "mask 15% (BERT)": {"set": ["noise.mask_prob=0.15"]},
@@ -63,18 +63,14 @@ ROWS: dict[str, dict] = {
     "span masking (Poisson 3)": {"set": ["noise.span_lambda=3"]},
     # shape and split at equal compute
     "split 1 + 3": {"set": ["model.split_layer=1"]},
-    "split 3 + 1": {"set": ["model.split_layer=3"]},
     "linear decoder (4 + head, classic BERT)": {"set": ["model.split_layer=4", "model.decoder=linear"]},
     "deep-narrow: 8 layers x 96": {"set": ["model.num_layers=8", "model.split_layer=4", "model.hidden_size=96",
                                           "model.num_heads=4", "model.intermediate_size=384"]},
     "shallow-wide: 2 layers x 256": {"set": ["model.num_layers=2", "model.split_layer=1", "model.hidden_size=256",
                                             "model.intermediate_size=1024"]},
-    # vocabulary, schedule, batch, length
-    "vocabulary 4,000": {"vocab": 4000},
+    # vocabulary, schedule, length
     "vocabulary 16,000": {"vocab": 16000},
     "one-cycle schedule (peak at half)": {"warmup_share": 0.5},
-    "lr 2e-3": {"set": ["training.lr=2.0e-3"]},
-    "batch 64": {"set": ["training.batch_size=64"]},
     "sequence 64": {"set": ["data.block_size=64"]},
     # objectives and growth
     "sentence bottleneck (TSDAE/RetroMAE)": {"set": [
@@ -92,27 +88,16 @@ CALIBRATION_STEPS = (3, 13)  # time steps 3..13 of a row's configuration (the fi
 TASKS = ("sst2", "stsb", "cola", "mrpc", "rte")
 
 
-def task_sentences(data: Path) -> list[str]:
-    """The unlabelled sentences of the GLUE training splits, deduplicated (no label, no validation text)."""
-    from maskae.whitening import corpus_texts
-
-    seen = {text: None for task in TASKS for text in corpus_texts(data / task / "train.tsv", max_texts=None)}
-    return list(seen)
-
-
 def build_corpus(name: str, out: Path) -> str | None:
-    """A directory of .txt files for corpus `name` (None = the packaged corpus)."""
+    """The corpus `name` as a path for data.train (None = the packaged corpus)."""
     if name == "packaged":
         return None
     if name == "excerpt":
         return str(default_corpus("train"))
     folder = out / "corpora" / name
     if not folder.is_dir():
-        folder.mkdir(parents=True)
-        if "wikitext2" in name:
-            shutil.copyfile(DATA / "wikitext2" / "train.txt", folder / "wikitext2_train.txt")
-        if "tasks" in name:
-            (folder / "task_sentences.txt").write_text("\n".join(task_sentences(DATA)) + "\n", encoding="utf-8")
+        tasks = [DATA / task / "train.tsv" for task in TASKS] if "tasks" in name else []
+        build_corpus_folder(folder, [DATA / "wikitext2" / "train.txt", *tasks])
     return str(folder)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,3 +194,24 @@ def sample_texts(texts: Sequence[str], max_texts: int | None, seed: int = 0) -> 
         return texts
     keep = np.sort(np.random.default_rng(seed).choice(len(texts), size=max_texts, replace=False))
     return [texts[i] for i in keep]
+
+
+def build_corpus_folder(out: str | Path, sources: Sequence[str | Path]) -> tuple[int, int]:
+    """Write a pretraining corpus folder: text corpora copied as they are, and the distinct sentences of
+    task tsvs (their `corpus_texts`, labels dropped) in one file; returns (text files, task sentences).
+    The same reader gives whitening its texts, so both see a task's sentences the same way."""
+    out, sources = Path(out), [Path(source) for source in sources]
+    if out.exists():
+        raise DataError(f"{str(out)!r} already exists; choose a new folder for the corpus.")
+    missing = [str(path) for path in sources if not path.is_file()]
+    if missing:
+        raise DataError(f"{missing[0]!r} is not a file; give text files or task tsvs.")
+    texts = [path for path in sources if path.suffix.lower() != ".tsv"]
+    sentences = {text: None for path in sources if path.suffix.lower() == ".tsv"
+                 for text in corpus_texts(path, max_texts=None)}
+    out.mkdir(parents=True)
+    for i, path in enumerate(texts):
+        shutil.copyfile(path, out / f"{i:02d}-{path.stem}.txt")
+    if sentences:
+        (out / "task_sentences.txt").write_text("\n".join(sentences) + "\n", encoding="utf-8")
+    return len(texts), len(sentences)
