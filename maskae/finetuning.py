@@ -84,16 +84,17 @@ class HyperParameters:
     max_labels: int | None  # None: any larger budget
     epochs: int  # the epoch that scores best on the selection slice is kept
     batch_size: int
-    lr: float
 
 
-LR = 1e-4
-# Small budgets get more epochs so that they still take a few hundred optimizer steps.
+# Small budgets get more epochs so that they still take a hundred or more optimizer steps.
 HYPERPARAMETERS = (
-    HyperParameters(max_labels=500, epochs=20, batch_size=16, lr=LR),
-    HyperParameters(max_labels=5_000, epochs=8, batch_size=32, lr=LR),
-    HyperParameters(max_labels=None, epochs=3, batch_size=32, lr=LR),
+    HyperParameters(max_labels=500, epochs=20, batch_size=16),
+    HyperParameters(max_labels=5_000, epochs=8, batch_size=32),
+    HyperParameters(max_labels=None, epochs=3, batch_size=32),
 )
+# Peak learning rate: inversely proportional to the width, 3e-4 at 128 (a 128-wide random init learns
+# nothing in 8 epochs at 1e-4), 1e-4 at 384 (MiniLM), 5e-5 at 768 (BERT-base's usual value).
+BASE_LR, BASE_WIDTH = 3e-4, 128
 WARMUP_FRACTION = 0.1  # linear warm-up over this share of the steps, then linear decay to zero
 WEIGHT_DECAY = 0.01  # AdamW
 MAX_GRAD_NORM = 1.0
@@ -108,14 +109,20 @@ def hyperparameters(labels: int) -> HyperParameters:
     return next(h for h in HYPERPARAMETERS if h.max_labels is None or labels <= h.max_labels)
 
 
+def learning_rate(hidden_size: int) -> float:
+    """The peak learning rate for an encoder of this width (see BASE_LR)."""
+    return BASE_LR * BASE_WIDTH / hidden_size
+
+
 def describe_hyperparameters() -> str:
     """The schedule as text, for `--help` and the README."""
     lines = []
     for h in HYPERPARAMETERS:
         size = f"<= {h.max_labels} labels" if h.max_labels else "more labels"
-        lines.append(f"{size:<16} {h.epochs:>2} epochs, batch {h.batch_size}, lr {h.lr:g}")
+        lines.append(f"{size:<16} {h.epochs:>2} epochs, batch {h.batch_size}")
     lines += [
-        f"every budget:    AdamW (weight decay {WEIGHT_DECAY}), {WARMUP_FRACTION:.0%} linear warm-up, then linear decay;",
+        f"every budget:    AdamW, peak lr {BASE_LR:g} x {BASE_WIDTH} / hidden size (1e-4 for a 384-wide encoder),",
+        f"                 weight decay {WEIGHT_DECAY}, {WARMUP_FRACTION:.0%} linear warm-up, then linear decay;",
         f"                 gradient norm clipped at {MAX_GRAD_NORM}; {MAX_LENGTH} tokens; the epoch that scores best on",
         f"                 a {SELECTION_FRACTION:.0%} slice of the budget (never the validation split) is kept",
     ]
@@ -332,14 +339,15 @@ def fine_tune(
     hp: HyperParameters,
     seed: int,
 ) -> tuple[PreTrainedModel, int]:
-    """Train `model` on `train` with `hp`, keeping the epoch that scores best on `selection`; returns
+    """Train `model` on `train` with `hp` (and the learning rate of its width), keeping the epoch that scores best on `selection`; returns
     the model (with those weights) and that epoch."""
     rows, labels = train
     generator = torch.Generator().manual_seed(seed)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}], lr=hp.lr, fused=True
+        [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=learning_rate(model.config.hidden_size), fused=True,
     )
     steps = hp.epochs * math.ceil(len(rows) / hp.batch_size)
     scheduler = get_linear_schedule_with_warmup(optimizer, round(WARMUP_FRACTION * steps), steps)
@@ -502,6 +510,7 @@ def evaluate_finetune(
         "layers": encoder.layers,
         "whole_stack": whole_stack,
         "hyperparameters": [asdict(h) for h in HYPERPARAMETERS],
+        "lr": learning_rate(encoder.hidden_size),
         "budgets": results["model"],
         "wall_s": float(sum(r["wall_s"] for system in results.values() for r in system)),
     }

@@ -58,7 +58,7 @@ def tiny_maskae(tmp_path_factory, glue_dir) -> Path:
 @pytest.fixture
 def short_schedule(monkeypatch):
     """Two epochs for every budget: these tests check the wiring, not how well a tiny model learns."""
-    monkeypatch.setattr(ft, "HYPERPARAMETERS", (ft.HyperParameters(max_labels=None, epochs=2, batch_size=16, lr=1e-3),))
+    monkeypatch.setattr(ft, "HYPERPARAMETERS", (ft.HyperParameters(max_labels=None, epochs=2, batch_size=16),))
 
 
 def run_cli(capsys, *argv) -> tuple[int, dict | None, str]:
