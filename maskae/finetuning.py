@@ -455,7 +455,8 @@ def evaluate_finetune(
             what = f"the training pool (--max-train {max_train})" if len(pool) < len(train_all.labels) else "the training set"
             raise DataError(f"label budget {budget} is larger than {what} of {str(data)!r} ({len(train.labels)} examples); lower it or use 'all'.")
         if (budget or len(train.labels)) < MIN_BUDGET:
-            raise ConfigError(f"label budget {budget} is too small to hold out a selection slice; use at least {MIN_BUDGET}.")
+            raise ConfigError(f"label budget {budget_name(budget)} ({budget or len(train.labels)} examples) is too small to "
+                              f"hold out a selection slice; use at least {MIN_BUDGET}.")
     with tempfile.TemporaryDirectory() as workdir:
         encoder = encoder or prepare_encoder(model, workdir, layer, whole_stack)
         tokenizer = encoder.tokenizer

@@ -14,7 +14,7 @@ import torch
 from transformers import AutoConfig, AutoModel, BertConfig, BertForMaskedLM, BertTokenizer
 
 from conftest import RECIPES, TINY
-from maskae import DataError, Embedder, MaskAEForMaskedLM, Whitening, embed, export_stock, fit_whitening, save_for_hub
+from maskae import DataError, MaskAEForMaskedLM, Whitening, embed, export_stock, fit_whitening, save_for_hub
 from maskae.cli import main
 from maskae.data import default_corpus
 from maskae.evaluation import evaluate_sts
