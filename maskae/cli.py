@@ -14,6 +14,7 @@ import pkgutil
 import sys
 
 from . import commands
+from .console import quiet_library_bars
 from .errors import MaskAEError
 
 
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    quiet_library_bars()  # in a captured log, their redraws would be fragments glued to the next line
     try:
         result = args.func(args)
     except MaskAEError as error:

@@ -46,10 +46,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..console import quiet_library_bars
     from ..training import train  # torch and friends load only when training
 
-    quiet_library_bars()  # in a captured log, their redraws would be fragments glued to the next line
     for name in ("accelerate.accelerator", "accelerate.checkpointing"):  # one line per saved file otherwise
         logging.getLogger(name).setLevel(logging.WARNING)
     recipe = load_recipe(args.recipe, args.overrides)
