@@ -134,7 +134,8 @@ def _load_raw(source: str, streaming: bool, split: str) -> tuple[Dataset | Itera
                 check_utf8(file)
         files = [file for file in files if file.stat().st_size > 0]  # datasets cannot build from an empty file
         if not files:
-            raise DataError(f"{source} is empty (0 bytes); point the corpus at files that hold text.")
+            raise DataError(f"{source} contains no text (it is empty, 0 bytes); point the corpus at files that hold "
+                            "text.")
         builder, options = BUILDERS[files[0].suffix.lower()]
         try:
             loaded = load_dataset(

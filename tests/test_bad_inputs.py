@@ -150,7 +150,7 @@ TABLE = [
          "is intact", keep=("run/checkpoint-4/model.safetensors",)),
     Case("train: output directory in use", lambda ws: [*train(ws), "--output-dir", str(ws / "busy")],
          "is in use by maskae train", hold_lock="busy/maskae.lock"),
-    Case("train: zero-byte corpus", lambda ws: train(ws, f"data.train={ws / 'empty.txt'}"), "is empty (0 bytes)"),
+    Case("train: zero-byte corpus", lambda ws: train(ws, f"data.train={ws / 'empty.txt'}"), "contains no text (it is empty, 0 bytes)"),
     Case("train: corpus of blank lines", lambda ws: train(ws, f"data.train={ws / 'blank.txt'}"), "contains no text"),
     Case("train: corpus not UTF-8", lambda ws: train(ws, f"data.train={ws / 'latin1.txt'}"), "are not UTF-8"),
     Case("train: corpus is an image", lambda ws: train(ws, f"data.train={ws / 'picture.png'}"), "unsupported file types"),
@@ -163,7 +163,7 @@ TABLE = [
     Case("train: backbone is a file", lambda ws: train(ws, f"model.backbone={ws / 'a-file'}"), "a-file"),
     # ---- tokenizer
     Case("tokenizer: corpus missing", lambda ws: tokenizer(ws, "nope.txt"), "does not exist"),
-    Case("tokenizer: zero-byte corpus", lambda ws: tokenizer(ws, "empty.txt"), "is empty (0 bytes)"),
+    Case("tokenizer: zero-byte corpus", lambda ws: tokenizer(ws, "empty.txt"), "contains no text (it is empty, 0 bytes)"),
     Case("tokenizer: broken JSON lines", lambda ws: tokenizer(ws, "broken.jsonl"), "cannot read"),
     Case("tokenizer: broken parquet", lambda ws: tokenizer(ws, "broken.parquet"), "cannot read"),
     Case("tokenizer: wrong column", lambda ws: tokenizer(ws, "other-column.jsonl"), "no column 'text'"),
