@@ -172,8 +172,6 @@ def corpus_texts(source: str | Path, max_texts: int | None = DEFAULT_MAX_TEXTS, 
     sentence1 and sentence2) or the rows of any corpus `maskae.data.load_corpus` reads, seeded-sampled
     down to `max_texts`."""
     path = Path(source)
-    if path.is_file() and path.stat().st_size == 0:
-        raise DataError(f"{str(path)!r} is empty; fit the whitening on a corpus with text in it.")
     if path.suffix.lower() == ".tsv" and path.is_file():
         with path.open(encoding="utf-8", newline="") as handle:
             reader = csv.DictReader(handle, delimiter="\t")
