@@ -339,8 +339,8 @@ def fine_tune(
     hp: HyperParameters,
     seed: int,
 ) -> tuple[PreTrainedModel, int]:
-    """Train `model` on `train` with `hp` (and the learning rate of its width), keeping the epoch that scores best on `selection`; returns
-    the model (with those weights) and that epoch."""
+    """Train `model` on `train` with `hp` (and the learning rate of its width), keeping the epoch that
+    scores best on `selection`; returns the model (with those weights) and that epoch."""
     rows, labels = train
     generator = torch.Generator().manual_seed(seed)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
@@ -364,7 +364,10 @@ def fine_tune(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
         score = headline(task_metrics(spec, predict(model, tokenizer, selection[0], spec.regression), selection[1]))
-        if score > best:  # a NaN score (constant predictions) never wins; ties keep the earlier epoch
+        # A NaN score (constant predictions) never wins. Ties go to the later epoch: a small budget's slice
+        # (15 examples at 100 labels) scores the majority-class plateau of the first epochs the same as a
+        # model that has started to learn, and the later one has seen more data.
+        if score >= best:
             best, best_epoch = score, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if best_state is not None:
