@@ -37,11 +37,10 @@ from pathlib import Path
 
 import torch
 
-from maskae.data import default_corpus
+from maskae.data import build_corpus_folder, corpus_texts, default_corpus
 from maskae.recipe import load_recipe
 from maskae.tokenization import train_tokenizer
 from maskae.training import Trainer
-from maskae.whitening import build_corpus_folder
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -164,7 +163,7 @@ def score_row(model_dir: Path, corpus: str | None, seeds: int, whiten_lines: int
     from maskae.embeddings import Embedder
     from maskae.evaluation import probe_accuracy, probe_pool, read_labelled, read_sts, sts_spearman
     from maskae.finetuning import evaluate_finetune
-    from maskae.whitening import corpus_texts, fit_whitening
+    from maskae.whitening import fit_whitening
 
     embedder = Embedder.from_pretrained(model_dir)
     first, second, gold = read_sts(DATA / "stsb" / "test.tsv")

@@ -7,9 +7,11 @@ work is cached and parallel; `iter_packed` does the same lazily for corpora larg
 
 from __future__ import annotations
 
+import csv
 import glob
 import itertools
 import re
+import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,7 @@ TEXT_SUFFIXES = (".txt", ".text", ".jsonl", ".json", ".csv", ".tsv")
 HEADING = re.compile(r"^(=(?: =)*) (.*?) \1$")
 # `tokenizers` treats larger model_max_length values as "no limit".
 UNLIMITED = 1_000_000
+SENTENCE_COLUMNS = ("sentence", "sentence1", "sentence2")  # the text columns of GLUE / STS task files
 
 
 def default_corpus(split: str = "train") -> Path:
@@ -339,3 +342,51 @@ def iter_packed(
         )
         for block in blocks:
             yield {"input_ids": block.tolist()}
+
+
+def corpus_texts(source: str | Path, max_texts: int | None = None, text_column: str = "text") -> list[str]:
+    """Unlabelled texts to fit a whitening on: every sentence column of a task tsv (sentence, or
+    sentence1 and sentence2) or the rows of any corpus `maskae.data.load_corpus` reads, seeded-sampled
+    down to `max_texts`."""
+    path = Path(source)
+    if path.suffix.lower() == ".tsv" and path.is_file():
+        with path.open(encoding="utf-8", newline="") as handle:
+            reader = csv.DictReader(handle, delimiter="\t")
+            columns = [c for c in SENTENCE_COLUMNS if c in (reader.fieldnames or [])]
+            if columns:
+                texts = [row[c].strip() for row in reader for c in columns]
+                texts = [t for t in texts if t]
+                if not texts:
+                    raise DataError(f"{str(path)!r} has no sentences to fit the whitening on; give it data rows.")
+                return sample_texts(texts, max_texts)
+    return sample_texts(load_corpus(source, text_column=text_column)["text"], max_texts)
+
+
+def sample_texts(texts: Iterable[str], max_texts: int | None, seed: int = 0) -> list[str]:
+    """At most `max_texts` of `texts`, a seeded random sample in corpus order (all of them if fewer)."""
+    texts = list(texts)
+    if max_texts is None or len(texts) <= max_texts:
+        return texts
+    keep = np.sort(np.random.default_rng(seed).choice(len(texts), size=max_texts, replace=False))
+    return [texts[i] for i in keep]
+
+
+def build_corpus_folder(out: str | Path, sources: Iterable[str | Path]) -> tuple[int, int]:
+    """Write a pretraining corpus folder: text corpora copied as they are, and the distinct sentences of
+    task tsvs (their `corpus_texts`, labels dropped) in one file; returns (text files, task sentences).
+    The same reader gives whitening its texts, so both see a task's sentences the same way."""
+    out, sources = Path(out), [Path(source) for source in sources]
+    if out.exists():
+        raise DataError(f"{str(out)!r} already exists; choose a new folder for the corpus.")
+    missing = [str(path) for path in sources if not path.is_file()]
+    if missing:
+        raise DataError(f"{missing[0]!r} is not a file; give text files or task tsvs.")
+    texts = [path for path in sources if path.suffix.lower() != ".tsv"]
+    sentences = {text: None for path in sources if path.suffix.lower() == ".tsv"
+                 for text in corpus_texts(path, max_texts=None)}
+    out.mkdir(parents=True)
+    for i, path in enumerate(texts):
+        shutil.copyfile(path, out / f"{i:02d}-{path.stem}.txt")
+    if sentences:
+        (out / "task_sentences.txt").write_text("\n".join(sentences) + "\n", encoding="utf-8")
+    return len(texts), len(sentences)

@@ -60,7 +60,7 @@ from .mlm_metrics import masked_lm_metrics, pseudo_perplexity
 from .modeling_maskae import MaskAEForMaskedLM
 from .noise import IGNORE_INDEX
 from .recipe import Recipe
-from .whitening import DEFAULT_MAX_TEXTS, fit_whitening, sample_texts
+from .whitening import DEFAULT_MAX_TEXTS, fit_whitening
 from .run_lock import RunLock
 
 logger = logging.getLogger(__name__)
@@ -635,7 +635,7 @@ class Trainer:
         """`training.whiten_at_end`: a whitening of the code, fitted on a seeded sample of the training
         corpus's lines (no labels), saved beside the final model so that embed and evaluate apply it."""
         cap = DEFAULT_MAX_TEXTS if self.args.whiten_at_end is True else self.args.whiten_at_end
-        texts = sample_texts(load_texts(self.recipe)[0]["text"], cap, seed=self.args.seed)
+        texts = corpus.sample_texts(load_texts(self.recipe)[0]["text"], cap, seed=self.args.seed)
         fit_whitening(Embedder(model, self.tokenizer), texts).save(self.output_dir)
 
 

@@ -12,10 +12,8 @@ model's config.json (key `whitening`), so that `embed`, `evaluate` and the expor
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,14 +23,12 @@ from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 from transformers.utils import cached_file
 
-from .data import load_corpus
 from .errors import CheckpointError, DataError
 
 logger = logging.getLogger(__name__)
 
 FILE_NAME = "whitening.safetensors"
 CONFIG_KEY = "whitening"
-SENTENCE_COLUMNS = ("sentence", "sentence1", "sentence2")  # the text columns of GLUE / STS task files
 FLAT_DIRECTION = 1e-9  # a direction whose variance is below this fraction of the largest one is dropped
 DEFAULT_MAX_TEXTS = 10_000  # texts a fit reads by default: the covariance of a 384-wide embedding is settled well before
 
@@ -165,51 +161,3 @@ def fit_whitening(
     vectors = embed(model, texts, layer=layer, pooling=pooling, whiten=False, **embed_kwargs)
     mean, matrix = whitening_from_vectors(vectors, dim)
     return Whitening(mean=mean, matrix=matrix, layer=layer, pooling=pooling, num_texts=len(texts))
-
-
-def corpus_texts(source: str | Path, max_texts: int | None = DEFAULT_MAX_TEXTS, text_column: str = "text") -> list[str]:
-    """Unlabelled texts to fit a whitening on: every sentence column of a task tsv (sentence, or
-    sentence1 and sentence2) or the rows of any corpus `maskae.data.load_corpus` reads, seeded-sampled
-    down to `max_texts`."""
-    path = Path(source)
-    if path.suffix.lower() == ".tsv" and path.is_file():
-        with path.open(encoding="utf-8", newline="") as handle:
-            reader = csv.DictReader(handle, delimiter="\t")
-            columns = [c for c in SENTENCE_COLUMNS if c in (reader.fieldnames or [])]
-            if columns:
-                texts = [row[c].strip() for row in reader for c in columns]
-                texts = [t for t in texts if t]
-                if not texts:
-                    raise DataError(f"{str(path)!r} has no sentences to fit the whitening on; give it data rows.")
-                return sample_texts(texts, max_texts)
-    return sample_texts(load_corpus(source, text_column=text_column)["text"], max_texts)
-
-
-def sample_texts(texts: Sequence[str], max_texts: int | None, seed: int = 0) -> list[str]:
-    """At most `max_texts` of `texts`, a seeded random sample in corpus order (all of them if fewer)."""
-    texts = list(texts)
-    if max_texts is None or len(texts) <= max_texts:
-        return texts
-    keep = np.sort(np.random.default_rng(seed).choice(len(texts), size=max_texts, replace=False))
-    return [texts[i] for i in keep]
-
-
-def build_corpus_folder(out: str | Path, sources: Sequence[str | Path]) -> tuple[int, int]:
-    """Write a pretraining corpus folder: text corpora copied as they are, and the distinct sentences of
-    task tsvs (their `corpus_texts`, labels dropped) in one file; returns (text files, task sentences).
-    The same reader gives whitening its texts, so both see a task's sentences the same way."""
-    out, sources = Path(out), [Path(source) for source in sources]
-    if out.exists():
-        raise DataError(f"{str(out)!r} already exists; choose a new folder for the corpus.")
-    missing = [str(path) for path in sources if not path.is_file()]
-    if missing:
-        raise DataError(f"{missing[0]!r} is not a file; give text files or task tsvs.")
-    texts = [path for path in sources if path.suffix.lower() != ".tsv"]
-    sentences = {text: None for path in sources if path.suffix.lower() == ".tsv"
-                 for text in corpus_texts(path, max_texts=None)}
-    out.mkdir(parents=True)
-    for i, path in enumerate(texts):
-        shutil.copyfile(path, out / f"{i:02d}-{path.stem}.txt")
-    if sentences:
-        (out / "task_sentences.txt").write_text("\n".join(sentences) + "\n", encoding="utf-8")
-    return len(texts), len(sentences)

@@ -11,7 +11,7 @@ import pytest
 
 from maskae import DataError
 from maskae.cli import main
-from maskae.training_curves import CURVES, plot_training_curves, run_series
+from maskae.training_curves import CURVES, plot_training_curves, read_log, run_series
 
 
 def write_run(path: Path, steps: list[int], timed: bool = True) -> Path:
@@ -41,24 +41,14 @@ def test_axes_hold_the_logged_values(tmp_path):
         assert [line.get_label() for line in by_step.lines] == ["a", "b"]
         assert [line.get_label() for line in by_time.lines] == ["a"]  # b logged no wall-clock time
         for line in by_step.lines:
-            records = [r for r in _records(tmp_path / line.get_label() / file_name) if key in r]
+            records = [r for r in read_log(tmp_path / line.get_label() / file_name) if key in r]
             assert list(line.get_xdata()) == [r["step"] for r in records]
             assert list(line.get_ydata()) == [r[key] for r in records]
-        records = [r for r in _records(a / file_name) if key in r]
+        records = [r for r in read_log(a / file_name) if key in r]
         assert list(by_time.lines[0].get_xdata()) == [r["elapsed_s"] for r in records]
         assert list(by_time.lines[0].get_ydata()) == [r[key] for r in records]
     assert [r["loss"] for r in logs["a"]] == list(axes[0][0].lines[0].get_ydata())
     assert list(axes[1][0].lines[0].get_ydata()) == [0.2, 0.4]  # the truncated eval line is not plotted
-
-
-def _records(path: Path) -> list[dict]:
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            break
-    return records
 
 
 def test_series_of_a_run(tmp_path):

@@ -191,9 +191,10 @@ def fitted_whitening(args: argparse.Namespace):
     if args.task not in ("sts", "probe"):
         raise ConfigError(f"--whiten applies to --task sts or probe, not {args.task}; drop it or change the task.")
     from ..embeddings import Embedder
-    from ..whitening import corpus_texts, fit_whitening
+    from ..data import corpus_texts
+    from ..whitening import DEFAULT_MAX_TEXTS, fit_whitening
 
-    texts = corpus_texts(args.whiten)
+    texts = corpus_texts(args.whiten, DEFAULT_MAX_TEXTS)
     embedder = Embedder.from_pretrained(args.model)
     whitening = fit_whitening(embedder, texts, dim=args.whiten_dim, layer=args.layer, pooling=args.pooling,
                               batch_size=args.batch_size, max_length=args.max_length)

@@ -50,7 +50,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..embeddings import Embedder
-    from ..whitening import corpus_texts, fit_whitening
+    from ..data import corpus_texts
+    from ..whitening import fit_whitening
 
     if not (args.model / "config.json").is_file():
         raise CheckpointError(f"{str(args.model)!r} has no config.json; pass a local model directory to write into.")
