@@ -1,7 +1,14 @@
 """`DataCollatorForDenoising`: a drop-in for `DataCollatorForLanguageModeling` driven by a `NoiseConfig`.
 
-The collator's only state is its `torch.Generator`; `state_dict()`/`load_state_dict()` expose it so
-that `accelerator.register_for_checkpointing(collator)` resumes to bit-identical batches.
+Noise is drawn one of two ways:
+
+* Features that carry `noise_epoch` and `noise_index` (the sequence's epoch and global index, as
+  maskae's trainer and streams tag them) are noised counter-based (`noise.KeyedRandom`): a sequence's
+  noise depends only on (seed, epoch, index). Any number of processes or DataLoader workers, and any
+  resume point, then give it the same noise, and each process noises only its own rows.
+* Plain features (the `DataCollatorForLanguageModeling` call) draw from the collator's
+  `torch.Generator`, a stream; `state_dict()`/`load_state_dict()` expose it so that
+  `accelerator.register_for_checkpointing(collator)` resumes to bit-identical batches.
 """
 
 from __future__ import annotations
@@ -14,11 +21,12 @@ from transformers import PreTrainedTokenizerBase
 
 from . import noise as noise_ops
 from .errors import TokenizerError
-from .noise import IGNORE_INDEX, NoiseConfig
+from .noise import IGNORE_INDEX, KeyedRandom, NoiseConfig, RandomSource
 
 # Marks that a vocabulary piece starts a new word (byte-level BPE and SentencePiece), or continues one (WordPiece).
 WORD_START_MARKS = ("Ġ", "▁")
 CONTINUATION_MARK = "##"
+NOISE_KEYS = ("noise_epoch", "noise_index")
 
 
 def continuation_table(tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
@@ -82,12 +90,12 @@ class DataCollatorForDenoising:
                 "trained tokenizer, or train one with `maskae tokenizer train`."
             )
         self.is_continuation = continuation_table(tokenizer) if self.noise.whole_word else None
-        self.seed = seed
         self.generator = torch.Generator()
         if seed is None:
             self.generator.seed()
         else:
             self.generator.manual_seed(seed)
+        self.seed = self.generator.initial_seed() if seed is None else seed
         self._worker_generator: torch.Generator | None = None
 
     def state_dict(self) -> dict[str, Any]:
@@ -97,9 +105,13 @@ class DataCollatorForDenoising:
         self.seed = state.get("seed", self.seed)
         self.generator.set_state(state["generator"])
 
-    def _current_generator(self) -> torch.Generator:
-        """The collator's generator, or, inside a DataLoader worker, one derived from the worker's seed
-        (otherwise every worker would draw the same noise from its copy of the generator)."""
+    def random_source(self, features: list[dict[str, Any]]) -> RandomSource:
+        """Counter-based randomness keyed by the features' (noise_epoch, noise_index), or else the
+        collator's generator (inside a DataLoader worker, one derived from the worker's seed: otherwise
+        every worker would draw the same noise from its copy of the generator)."""
+        if all(key in features[0] for key in NOISE_KEYS):
+            epochs, indices = (torch.tensor([int(f[key]) for f in features], dtype=torch.int64) for key in NOISE_KEYS)
+            return KeyedRandom(self.seed, epochs, indices)
         worker = get_worker_info()
         if worker is None:
             return self.generator
@@ -138,7 +150,7 @@ class DataCollatorForDenoising:
         return noise_ops.word_ids_from_continuation(input_ids, self.is_continuation, eligible)
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        config, generator = self.noise, self._current_generator()
+        config, generator = self.noise, self.random_source(features)
         input_ids, attention_mask, given_word_ids = self._collate(features)
         eligible = attention_mask.bool() & ~torch.isin(input_ids, self.special_ids)
         word_ids = self._word_ids(input_ids, eligible, given_word_ids) if config.whole_word else None

@@ -4,6 +4,11 @@ Every function is pure: it reads id tensors and a `torch.Generator` and returns 
 no Python loop over tokens. `eligible` marks the positions that may be corrupted (real tokens
 that are not special tokens), so special tokens and padding can never become targets.
 
+Randomness comes from a `torch.Generator` (a stream: the n-th batch depends on the ones before it) or
+from `KeyedRandom`, which is counter-based: every draw for a row depends only on (seed, epoch, the
+row's global index), so any process count, worker count or resume point gives each sequence the same
+noise, and a process noises only its own rows.
+
 Selection follows BERT's `create_pretraining_data.py`: a row with n eligible tokens gets a budget
 of `mask_prob * n` tokens (rounded stochastically, so the expected fraction is exact, and at least
 one token per non-empty row so that no row is without a target).
@@ -20,6 +25,68 @@ import torch
 from .errors import ConfigError
 
 IGNORE_INDEX = -100
+_MASK64 = (1 << 64) - 1
+
+
+def _signed(value: int) -> int:
+    """A 64-bit constant as torch's int64 holds it."""
+    value &= _MASK64
+    return value - (1 << 64) if value >> 63 else value
+
+
+_GOLDEN, _MIX1, _MIX2 = _signed(0x9E3779B97F4A7C15), _signed(0xBF58476D1CE4E5B9), _signed(0x94D049BB133111EB)
+
+
+def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical (unsigned) right shift of int64 values."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    """SplitMix64's finaliser: a bijection of 64-bit integers that scatters nearby inputs (int64 wraps)."""
+    x = (x ^ _shift_right(x, 30)) * _MIX1
+    x = (x ^ _shift_right(x, 27)) * _MIX2
+    return x ^ _shift_right(x, 31)
+
+
+class KeyedRandom:
+    """Counter-based uniforms for a batch of rows: element (i, j) of the n-th draw is a hash of
+    (seed, epochs[i], indices[i], n, j), so a row's noise never depends on the other rows, on the
+    batch's width or on what was drawn before; torch's generators cannot be keyed per row like this
+    without a Python loop over rows."""
+
+    def __init__(self, seed: int, epochs: torch.Tensor, indices: torch.Tensor) -> None:
+        key = _mix(torch.full_like(indices, _signed(seed)) + _GOLDEN)
+        key = _mix(key ^ epochs.to(torch.int64))
+        self.row_keys = _mix(key ^ indices.to(torch.int64))
+        self.draws = 0
+
+    def uniform(self, shape: tuple[int, ...], device: torch.device | None = None) -> torch.Tensor:
+        """float32 uniforms in [0, 1) of `shape`, whose first dimension is the rows (a 1-d shape gives one per row)."""
+        self.draws += 1
+        width = shape[1] if len(shape) > 1 else 1
+        counters = (torch.arange(width, dtype=torch.int64) + (self.draws << 32)) * _GOLDEN
+        bits = _shift_right(_mix(self.row_keys[:, None] + counters[None, :]), 40)  # the top 24 bits
+        values = bits.to(torch.float32) * 2.0**-24
+        return values.reshape(shape).to(device) if device is not None else values.reshape(shape)
+
+
+RandomSource = torch.Generator | KeyedRandom
+
+
+def uniform(source: RandomSource, shape: tuple[int, ...], device: torch.device | None = None) -> torch.Tensor:
+    """Uniforms in [0, 1) from a generator or a `KeyedRandom`."""
+    if isinstance(source, KeyedRandom):
+        return source.uniform(tuple(shape), device)
+    return torch.rand(shape, generator=source, device=device)
+
+
+def poisson(rate: float, shape: tuple[int, int], source: RandomSource) -> torch.Tensor:
+    """Poisson(rate) counts by inverting the CDF (so a `KeyedRandom` can drive it too)."""
+    upper = int(rate + 12 * math.sqrt(rate) + 12)
+    k = torch.arange(upper + 1, dtype=torch.float64)
+    cdf = torch.exp(k * math.log(rate) - rate - torch.lgamma(k + 1)).cumsum(0)
+    return torch.searchsorted(cdf.float(), uniform(source, shape), right=True).clamp(max=upper)
 
 
 @dataclass
@@ -90,28 +157,27 @@ class NoiseConfig:
         return asdict(self)
 
 
-def _budget(count: torch.Tensor, prob: float, generator: torch.Generator) -> torch.Tensor:
+def _budget(count: torch.Tensor, prob: float, generator: RandomSource) -> torch.Tensor:
     """Stochastically rounded `prob * count` per row, at least 1 where count > 0 (as BERT does)."""
-    jitter = torch.rand(count.shape, generator=generator, device=count.device)
+    jitter = uniform(generator, tuple(count.shape), count.device)
     budget = torch.floor(count * prob + jitter)
     return torch.minimum(torch.clamp(budget, min=1), count.to(budget.dtype))
 
 
-def _random_order(valid: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def _random_order(valid: torch.Tensor, generator: RandomSource) -> torch.Tensor:
     """Rank of each valid unit in a uniformly random order per row; invalid units rank last."""
-    scores = torch.rand(valid.shape, generator=generator, device=valid.device)
-    scores = scores.masked_fill(~valid, 2.0)
-    return scores.argsort(dim=1).argsort(dim=1)
+    scores = uniform(generator, tuple(valid.shape), valid.device).masked_fill(~valid, 2.0)
+    return scores.argsort(dim=1, stable=True).argsort(dim=1, stable=True)
 
 
-def _random_subset(valid: torch.Tensor, count: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def _random_subset(valid: torch.Tensor, count: torch.Tensor, generator: RandomSource) -> torch.Tensor:
     """`count[i]` valid units of row i, chosen uniformly: those whose random score is among the row's smallest."""
-    scores = torch.rand(valid.shape, generator=generator, device=valid.device).masked_fill(~valid, 2.0)
+    scores = uniform(generator, tuple(valid.shape), valid.device).masked_fill(~valid, 2.0)
     cutoff = scores.sort(dim=1).values.gather(1, (count.long() - 1).clamp(min=0)[:, None])
     return valid & (scores <= cutoff) & (count[:, None] > 0)
 
 
-def select_tokens(eligible: torch.Tensor, prob: float, generator: torch.Generator) -> torch.Tensor:
+def select_tokens(eligible: torch.Tensor, prob: float, generator: RandomSource) -> torch.Tensor:
     """Select `prob` of each row's eligible tokens uniformly at random (exact budget per row)."""
     return _random_subset(eligible, _budget(eligible.sum(1), prob, generator), generator)
 
@@ -144,7 +210,7 @@ def _word_lengths(word_ids: torch.Tensor) -> torch.Tensor:
     return lengths
 
 
-def select_whole_words(word_ids: torch.Tensor, prob: float, generator: torch.Generator) -> torch.Tensor:
+def select_whole_words(word_ids: torch.Tensor, prob: float, generator: RandomSource) -> torch.Tensor:
     """Select whole words until `prob` of the eligible tokens is covered.
 
     Words are taken in random order; a word is kept while the budget reaches past its middle, so the
@@ -167,7 +233,7 @@ def select_spans(
     eligible: torch.Tensor,
     prob: float,
     span_lambda: float,
-    generator: torch.Generator,
+    generator: RandomSource,
     word_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Select non-overlapping spans with Poisson(`span_lambda`) lengths covering `prob` of each row.
@@ -188,8 +254,7 @@ def select_spans(
     target = units.float() * prob
     most = int(units.max()) if batch else 0
     max_spans = int(math.ceil(prob * most / (1 - math.exp(-span_lambda)))) * 2 + 8
-    lengths = torch.poisson(torch.full((batch, max_spans), float(span_lambda), device=device), generator=generator)
-    lengths = torch.minimum(lengths.long(), units[:, None])
+    lengths = torch.minimum(poisson(float(span_lambda), (batch, max_spans), generator).to(device), units[:, None])
     positive = lengths > 0
     covered_before = lengths.cumsum(1) - lengths
     spans_before = positive.long().cumsum(1) - positive.long()
@@ -225,7 +290,7 @@ def apply_mask(
     selected: torch.Tensor,
     mask_token_id: int,
     random_ids: torch.Tensor,
-    generator: torch.Generator,
+    generator: RandomSource,
     mask_token_frac: float = 0.8,
     random_token_frac: float = 0.1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -235,7 +300,7 @@ def apply_mask(
     random replacements are drawn from (the vocabulary without special tokens).
     """
     labels = input_ids.masked_fill(~selected, IGNORE_INDEX)
-    draw = torch.rand(input_ids.shape, generator=generator, device=input_ids.device)
+    draw = uniform(generator, tuple(input_ids.shape), input_ids.device)
     to_mask = selected & (draw < mask_token_frac)
     to_random = selected & (draw >= mask_token_frac) & (draw < mask_token_frac + random_token_frac)
     corrupted = input_ids.masked_fill(to_mask, mask_token_id)
@@ -243,12 +308,14 @@ def apply_mask(
 
 
 def substitute(
-    input_ids: torch.Tensor, positions: torch.Tensor, random_ids: torch.Tensor, generator: torch.Generator
+    input_ids: torch.Tensor, positions: torch.Tensor, random_ids: torch.Tensor, generator: RandomSource
 ) -> torch.Tensor:
-    """Replace `positions` with ids drawn uniformly from `random_ids`."""
-    picks = torch.randint(len(random_ids), (int(positions.sum()),), generator=generator, device=input_ids.device)
+    """Replace `positions` with ids drawn uniformly from `random_ids` (one draw per position, so that a
+    row's replacements do not depend on the other rows)."""
+    draw = uniform(generator, tuple(input_ids.shape), input_ids.device)
+    picks = (draw * len(random_ids)).long().clamp(max=len(random_ids) - 1)
     substituted = input_ids.clone()
-    substituted[positions] = random_ids.to(input_ids.device)[picks]
+    substituted[positions] = random_ids.to(input_ids.device)[picks[positions]]
     return substituted
 
 
@@ -269,7 +336,7 @@ def delete_tokens(
 def select(
     config: NoiseConfig,
     eligible: torch.Tensor,
-    generator: torch.Generator,
+    generator: RandomSource,
     word_ids: torch.Tensor | None = None,
     prob: float | None = None,
 ) -> torch.Tensor:

@@ -130,6 +130,11 @@ class TrainingArgs:
     )
     compile: bool = option(False, "torch.compile each transformer layer (fixed shapes; compiles once per layer)")
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass to save memory")
+    num_workers: int | None = option(
+        None, "DataLoader worker processes per training process that read, collate and noise batches ahead of "
+        "the step; empty: 0 on a CPU (a worker would take cores from the step), 2 on an accelerator"
+    )
+    prefetch_factor: int = option(2, "batches each worker prepares ahead (with num_workers > 0)")
     logging_steps: int = option(10, "write a log.jsonl line every this many steps")
     eval_steps: int | None = option(None, "evaluate every this many steps; empty evaluates at the end only")
     eval_batch_size: int = option(64, "sequences per evaluation batch")
@@ -152,6 +157,10 @@ class TrainingArgs:
             raise ConfigError(
                 f"recipe key training.whiten_at_end is {self.whiten_at_end!r}; use true, false or a number of lines."
             )
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ConfigError(f"training.num_workers={self.num_workers} is negative; use 0 (no workers) or more.")
+        if self.prefetch_factor < 1:
+            raise ConfigError(f"training.prefetch_factor={self.prefetch_factor} must be at least 1.")
 
 
 @dataclass

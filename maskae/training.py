@@ -1,20 +1,22 @@
 """The training loop: a recipe in, a trained MaskAE model, logs, checkpoints and an evaluation out.
 
-It follows Accelerate's examples (prepare, loop, evaluate, save) with three deliberate choices:
+It follows Accelerate's examples (prepare, loop, evaluate, save) with these deliberate choices:
 
-* `training.batch_size` is the *global* batch. Every process reads and noises the same global batch
-  with the same seeded collator, then keeps its own rows. The noise is therefore identical for any
-  number of processes, and the loss is the exact token-level mean over the global batch (each rank
-  scales its sum by the global target count), so one process and N processes, with or without
-  gradient accumulation, train the same model up to float rounding.
-* Batches are noised in the loop's own process right before use (no prefetching DataLoader ahead of
-  the step), so the collator's generator state saved in a checkpoint is exactly the state the next
-  step needs; with `skip_first_batches` for the data position, resuming is bit-exact.
+* `training.batch_size` is the *global* batch, and which sequences it holds at each step is a function
+  of (seed, step) alone (see `batching`). Each process reads and noises only its own rows, in
+  DataLoader workers ahead of the step, and a row's noise depends only on (seed, epoch, its index)
+  (`noise.KeyedRandom`). The loss is the exact token-level mean over the global batch (each rank scales
+  its sum by the global target count), so one process and N processes, with or without gradient
+  accumulation, train the same model up to float rounding, and a checkpoint written by N processes
+  resumes on M.
+* The data position is the step (map-style data) or the stream's state after the last batch trained
+  on (`data.streaming`), both saved in the checkpoint; with RNG states restored too, resuming is
+  bit-exact.
 * Checkpoints are written to `checkpoint-<step>.tmp/`, marked complete, then renamed; a resume only
   considers renamed, marked directories, so a run killed mid-write never picks up a partial one. The
   marker records every file's size and SHA-256, so a resume also passes over a checkpoint damaged
   later (a full disk, a lost node, bit rot) and continues from the newest intact one.
-* One run per output directory: `train` holds a lock file there (see `run_lock`).
+* One run per output directory: `pretraining.train` holds a lock file there (see `run_lock`).
 
 `Trainer` keeps each phase in its own method so that later features (e.g. growing the encoder at
 stage boundaries) can hook in at step boundaries by overriding `on_step_end`.
@@ -22,7 +24,6 @@ stage boundaries) can hook in at step boundaries by overriding `on_step_end`.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import math
@@ -31,7 +32,6 @@ import re
 import shutil
 import time
 from pathlib import Path
-from contextlib import nullcontext
 from typing import Iterator
 
 import torch
@@ -39,7 +39,6 @@ from accelerate import Accelerator
 from accelerate.utils import (
     ProjectConfiguration,
     extract_model_from_parallel,
-    get_int_from_env,
     is_tensorboard_available,
     is_trackio_available,
     set_seed,
@@ -50,6 +49,7 @@ from torch.utils.data import DataLoader
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase, get_scheduler
 
 from . import data as corpus
+from .batching import StepBatchSampler, TaggedRows
 from .collator import DataCollatorForDenoising
 from .configuration_maskae import MaskAEConfig, num_layers
 from .console import Progress, write
@@ -61,7 +61,6 @@ from .modeling_maskae import MaskAEForMaskedLM
 from .noise import IGNORE_INDEX
 from .recipe import Recipe
 from .whitening import DEFAULT_MAX_TEXTS, fit_whitening
-from .run_lock import RunLock
 
 logger = logging.getLogger(__name__)
 
@@ -79,17 +78,19 @@ class TrainingDivergedError(MaskAEError, FloatingPointError):
 
 
 class TrainState:
-    """What Accelerate does not checkpoint by itself: the optimizer-step counter (the data position
-    and log position follow from it)."""
+    """What Accelerate does not checkpoint by itself: the optimizer-step counter (the log position and,
+    for map-style data, the data position follow from it) and, when streaming, the stream's position."""
 
     def __init__(self) -> None:
         self.step = 0
+        self.stream: dict | None = None
 
-    def state_dict(self) -> dict[str, int]:
-        return {"step": self.step}
+    def state_dict(self) -> dict:
+        return {"step": self.step, "stream": self.stream}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
+        self.stream = state.get("stream")
 
 
 # ---------------------------------------------------------------- checkpoints on disk
@@ -348,7 +349,7 @@ class Trainer:
                                   num_training_steps=args.max_steps)
         self.model, self.optimizer, self.scheduler = accelerator.prepare(model, optimizer, scheduler)
         accelerator.register_save_state_pre_hook(drop_tied_copies)
-        accelerator.register_for_checkpointing(self.collator, self.state)
+        accelerator.register_for_checkpointing(self.state)
         init_trackers(accelerator, self.recipe)
         if self.resume:
             self._resume()
@@ -426,39 +427,44 @@ class Trainer:
 
     # ---- data
 
-    def global_batches(self) -> Iterator[dict[str, torch.Tensor]]:
-        """Noised global batches from the current step on: epoch e shuffles with seed + e."""
-        epoch, position = divmod(self.state.step, self.steps_per_epoch)
-        while True:
-            # The loader's own generator both shuffles and seeds the iterator, which would otherwise draw
-            # from the global RNG (and shift dropout after a resume).
-            shuffle = torch.Generator().manual_seed(self.args.seed + epoch)
-            loader = DataLoader(self.train_set, batch_size=self.args.batch_size, shuffle=True, generator=shuffle,
-                                collate_fn=self.collator, drop_last=True, num_workers=0)
-            if position:
-                loader = self.accelerator.skip_first_batches(loader, position)
-            yield from loader
-            epoch, position = epoch + 1, 0
+    def num_workers(self) -> int:
+        """training.num_workers, or by default none on a CPU (a worker would take cores from the step) and 2
+        per process on an accelerator."""
+        if self.args.num_workers is not None:
+            return self.args.num_workers
+        return 0 if self.accelerator.device.type == "cpu" else 2
+
+    def batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        """This process's rows of each global batch from the current step on, collated and noised in
+        `num_workers` DataLoader workers ahead of the step."""
+        accelerator, args = self.accelerator, self.args
+        workers = self.num_workers()
+        sampler = StepBatchSampler(len(self.train_set), args.batch_size, args.seed, accelerator.process_index,
+                                   accelerator.num_processes, start_step=self.state.step)
+        # The loader's own generator seeds its workers, which would otherwise draw from the global RNG
+        # (and shift dropout after a resume).
+        loader = DataLoader(TaggedRows(self.train_set), batch_sampler=sampler, collate_fn=self.collator,
+                            num_workers=workers, prefetch_factor=args.prefetch_factor if workers else None,
+                            pin_memory=accelerator.device.type == "cuda",
+                            generator=torch.Generator().manual_seed(args.seed))
+        return iter(loader)
 
     def micro_batches(self, batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        """This process's rows of the global batch, split into accumulation micro-batches, on device."""
-        accelerator = self.accelerator
-        rows = self.args.batch_size // accelerator.num_processes
-        start = accelerator.process_index * rows
-        local = {key: value[start : start + rows] for key, value in batch.items()}
+        """This process's batch split into accumulation micro-batches, on device."""
+        rows = self.args.batch_size // self.accelerator.num_processes
         size = rows // self.args.gradient_accumulation_steps
-        return [
-            {key: value[i : i + size].to(accelerator.device) for key, value in local.items()}
-            for i in range(0, rows, size)
-        ]
+        device = self.accelerator.device
+        return [{key: value[i : i + size].to(device, non_blocking=True) for key, value in batch.items()}
+                for i in range(0, rows, size)]
 
     # ---- steps
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float | None]:
-        """One optimizer step on a global batch; returns its mean loss over the targets, the gradient
-        norm before clipping and the number of targets."""
+        """One optimizer step on this process's rows of a global batch; returns the global batch's mean loss
+        over its targets, the gradient norm before clipping, and the global numbers of targets and tokens."""
         accelerator, model = self.accelerator, self.model
-        num_targets = int((batch["labels"] != IGNORE_INDEX).sum())
+        local = torch.stack([(batch["labels"] != IGNORE_INDEX).sum(), batch["attention_mask"].sum()])
+        num_targets, num_tokens = (int(n) for n in accelerator.reduce(local.to(accelerator.device), reduction="sum"))
         # Each rank's summed loss over the global target count; Accelerate divides by the accumulation
         # steps and DDP averages over ranks, hence the factor: the gradient is that of the global mean.
         scale = accelerator.num_processes * self.args.gradient_accumulation_steps / max(num_targets, 1)
@@ -477,7 +483,8 @@ class Trainer:
         if not accelerator.optimizer_step_was_skipped:
             self.scheduler.step()
         loss = accelerator.reduce(loss_sum, reduction="sum").item() / max(num_targets, 1)
-        return {"loss": loss, "grad_norm": None if grad_norm is None else float(grad_norm), "targets": num_targets}
+        return {"loss": loss, "grad_norm": None if grad_norm is None else float(grad_norm), "targets": num_targets,
+                "tokens": num_tokens}
 
     def evaluate(self) -> dict[str, float]:
         """Masked accuracy, masked loss, perplexity and pseudo-perplexity on the held-out set."""
@@ -500,15 +507,16 @@ class Trainer:
         started = time.perf_counter()
         self.clock_start = started - self._logged_seconds()  # a resumed run continues the logs' clock
         self.model.train()
-        window_tokens, window_start, trained_tokens = 0, time.perf_counter(), 0
-        batches = self.global_batches()
+        window_tokens, window_start, window_wait, trained_tokens = 0, time.perf_counter(), 0.0, 0
+        batches = self.batches()
         # Closed on the way out of an error too, so that the error is printed on a line of its own.
         with Progress(args.max_steps, initial=self.state.step, enabled=accelerator.is_local_main_process) as progress:
             while self.state.step < args.max_steps:
+                waited = time.perf_counter()
                 batch = next(batches)
-                tokens = int(batch["attention_mask"].sum())
+                window_wait += time.perf_counter() - waited
                 outcome = self.training_step(batch)
-                loss = outcome["loss"]
+                loss, tokens = outcome["loss"], outcome["tokens"]
                 self.state.step += 1
                 window_tokens += tokens
                 trained_tokens += tokens
@@ -519,10 +527,12 @@ class Trainer:
                     elapsed = time.perf_counter() - window_start
                     record = {"step": self.state.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
                               "tokens_per_s": window_tokens / max(elapsed, 1e-9), "grad_norm": outcome["grad_norm"],
-                              "targets": outcome["targets"], "epoch": self.state.step / self.steps_per_epoch}
-                    progress.set_postfix(loss=f"{loss:.3f}", lr=f"{record['lr']:.2e}")
+                              "targets": outcome["targets"], "epoch": self.state.step / self.steps_per_epoch,
+                              "data_wait_s": round(window_wait, 4)}
+                    progress.set_postfix(loss=f"{loss:.3f}", lr=f"{record['lr']:.2e}",
+                                         data_wait=f"{window_wait / max(elapsed, 1e-9):.0%}")
                     self._log("log.jsonl", record)
-                    window_tokens, window_start = 0, time.perf_counter()
+                    window_tokens, window_start, window_wait = 0, time.perf_counter(), 0.0
                 self.on_step_end()
         wall_time = time.perf_counter() - started
         results = self.evaluate()
@@ -638,23 +648,3 @@ class Trainer:
         texts = corpus.sample_texts(load_texts(self.recipe)[0]["text"], cap, seed=self.args.seed)
         fit_whitening(Embedder(model, self.tokenizer), texts).save(self.output_dir)
 
-
-def train(recipe: Recipe, output_dir: str | Path, resume: bool = False) -> dict[str, float]:
-    """Train `recipe` into `output_dir` (continuing from its newest complete checkpoint with `resume`);
-    returns the final evaluation."""
-    output_dir = Path(output_dir)
-    # The launcher's rank, read before Accelerate sets up the processes (only global rank 0 takes the lock).
-    rank = get_int_from_env(["RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK", "PMI_RANK"], 0)
-    lock = RunLock(output_dir / LOCK_FILE, "maskae train") if rank == 0 else nullcontext()
-    with lock:
-        try:
-            if recipe.growth.stages:
-                from .growth import GrowthTrainer  # imported here: growth builds on this module
-
-                return GrowthTrainer(recipe, output_dir, resume=resume).train()
-            return Trainer(recipe, output_dir, resume=resume).train()
-        except OSError as error:
-            if error.errno != errno.ENOSPC or isinstance(error, MaskAEError):
-                raise
-            raise StorageError(f"the disk is full (writing {error.filename or output_dir}); free space on it, then "
-                               "rerun with --resume to continue from the last checkpoint.") from None

@@ -1,5 +1,5 @@
 """Distribution is real: two gloo processes under `accelerate launch` on CPU train the same model as one
-process on the same global batch, and their checkpoints resume in one process."""
+process on the same global batch, and checkpoints are elastic: two processes' resume in one, and one's in two."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from conftest import RECIPES, max_abs_diff, read_log, weights
-from maskae import training
+from maskae import pretraining
 from maskae.recipe import load_recipe
 
 SHRINK = [
@@ -44,15 +44,19 @@ def test_two_processes_match_one(tmp_path, small_tokenizer):
     # starts two gloo processes on CPU. The num_processes check below proves that two really ran.
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "ACCELERATE_USE_CPU": "true"}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "--main_process_port", str(free_port()), "-m", "maskae", "train", str(recipe_file),
-              "--output-dir", str(two)]
-    done = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+
+    def launch_two(output_dir, *extra: str) -> None:
+        launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                  "--main_process_port", str(free_port()), "-m", "maskae", "train", str(recipe_file),
+                  "--output-dir", str(output_dir), *extra]
+        done = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    launch_two(two)
 
     one = tmp_path / "one"
-    training.train(recipe, one)
+    pretraining.train(recipe, one)
 
     assert json.loads((two / "eval_results.json").read_text())["num_processes"] == 2
     assert json.loads((one / "eval_results.json").read_text())["num_processes"] == 1
@@ -68,9 +72,18 @@ def test_two_processes_match_one(tmp_path, small_tokenizer):
     resumed = tmp_path / "resumed"
     shutil.copytree(two / "checkpoint-3", resumed / "checkpoint-3")
     shutil.copy(two / "log.jsonl", resumed / "log.jsonl")
-    training.train(recipe, resumed, resume=True)
+    pretraining.train(recipe, resumed, resume=True)
     assert max_abs_diff(weights(two), weights(resumed)) < 1e-4
     assert [r["loss"] for r in read_log(resumed / "log.jsonl")] == pytest.approx([r["loss"] for r in log_two], abs=1e-4)
+
+    # and a checkpoint of the one-process run resumes in two processes
+    grown = tmp_path / "grown"
+    shutil.copytree(one / "checkpoint-3", grown / "checkpoint-3")
+    shutil.copy(one / "log.jsonl", grown / "log.jsonl")
+    launch_two(grown, "--resume")
+    assert json.loads((grown / "eval_results.json").read_text())["num_processes"] == 2
+    assert max_abs_diff(weights(one), weights(grown)) < 1e-4
+    assert [r["loss"] for r in read_log(grown / "log.jsonl")] == pytest.approx([r["loss"] for r in log_one], abs=1e-4)
 
 
 def test_the_readme_cpu_launch_command_starts_two_processes(tmp_path, small_tokenizer):

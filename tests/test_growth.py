@@ -13,7 +13,7 @@ import torch
 from transformers import AutoModelForMaskedLM, BertConfig, DistilBertConfig, ModernBertConfig, get_scheduler
 
 from conftest import RECIPES, read_log, weights
-from maskae import MaskAEConfig, MaskAEForMaskedLM, training
+from maskae import MaskAEConfig, MaskAEForMaskedLM, pretraining, training
 from maskae.errors import ConfigError
 from maskae.growth import (
     GrowthTrainer,
@@ -223,7 +223,7 @@ def test_resume_across_a_growth_boundary_is_exact(tmp_path, small_tokenizer, met
     # dropout stays on: restored RNG states matter too
     recipe = tiny_recipe(small_tokenizer, *overrides, f"training.max_steps={max_steps}", f"training.save_steps={resume_from}")
     reference = tmp_path / "reference"
-    training.train(recipe, reference)
+    pretraining.train(recipe, reference)
 
     # a run killed right after checkpoint-<resume_from>, i.e. right after the growth step
     killed = tmp_path / "killed"
@@ -231,7 +231,7 @@ def test_resume_across_a_growth_boundary_is_exact(tmp_path, small_tokenizer, met
     shutil.copytree(reference / f"checkpoint-{resume_from}", killed / f"checkpoint-{resume_from}")
     lines = (reference / "log.jsonl").read_text().splitlines()
     (killed / "log.jsonl").write_text("".join(line + "\n" for line in lines if json.loads(line)["step"] <= resume_from + 1))
-    training.train(recipe, killed, resume=True)
+    pretraining.train(recipe, killed, resume=True)
 
     a, b = weights(reference), weights(killed)
     assert a.keys() == b.keys()

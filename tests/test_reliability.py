@@ -19,7 +19,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
 from conftest import RECIPES, max_abs_diff, weights
-from maskae import training
+from maskae import pretraining, training
 from maskae.cli import main
 from maskae.data import default_corpus
 from maskae.errors import CheckpointError, StorageError
@@ -67,7 +67,7 @@ def test_two_fresh_training_runs_are_bit_identical(tmp_path):
 @pytest.mark.usefixtures("fresh_accelerator_state")
 def test_resume_falls_back_past_a_truncated_checkpoint(tmp_path, small_tokenizer, caplog):
     recipe = tiny_recipe(small_tokenizer, "training.pseudo_perplexity_blocks=0")
-    training.train(recipe, tmp_path / "reference")
+    pretraining.train(recipe, tmp_path / "reference")
     marker = json.loads((tmp_path / "reference" / "checkpoint-12" / training.COMPLETE_MARKER).read_text())
     assert marker["files"]["model.safetensors"]["size"] > 0 and len(marker["files"]["model.safetensors"]["sha256"]) == 64
 
@@ -77,7 +77,7 @@ def test_resume_falls_back_past_a_truncated_checkpoint(tmp_path, small_tokenizer
     newest = run / "checkpoint-12" / "model.safetensors"
     newest.write_bytes((tmp_path / "reference" / "checkpoint-12" / "model.safetensors").read_bytes()[:100])
     AcceleratorState._reset_state(reset_partial_state=True)
-    training.train(recipe, run, resume=True)
+    pretraining.train(recipe, run, resume=True)
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("checkpoint-12 is damaged (model.safetensors has 100 bytes" in w and "resumes from checkpoint-8" in w
                for w in warnings), warnings
@@ -88,12 +88,12 @@ def test_resume_falls_back_past_a_truncated_checkpoint(tmp_path, small_tokenizer
 @pytest.mark.usefixtures("fresh_accelerator_state")
 def test_no_intact_checkpoint_is_one_error(tmp_path, small_tokenizer):
     recipe = tiny_recipe(small_tokenizer, "training.pseudo_perplexity_blocks=0", "training.max_steps=4")
-    training.train(recipe, tmp_path)
+    pretraining.train(recipe, tmp_path)
     AcceleratorState._reset_state(reset_partial_state=True)
     optimizer = tmp_path / "checkpoint-4" / "optimizer.bin"
     optimizer.write_bytes(b"\0" * optimizer.stat().st_size)  # same size, other bytes: only the hash sees it
     with pytest.raises(CheckpointError, match="no checkpoint in .* is intact .*optimizer.bin does not match") as error:
-        training.train(tiny_recipe(small_tokenizer, "training.max_steps=8"), tmp_path, resume=True)
+        pretraining.train(tiny_recipe(small_tokenizer, "training.max_steps=8"), tmp_path, resume=True)
     assert "\n" not in str(error.value)
 
 
@@ -103,7 +103,7 @@ def test_no_intact_checkpoint_is_one_error(tmp_path, small_tokenizer):
 @pytest.mark.usefixtures("fresh_accelerator_state")
 def test_disk_full_while_checkpointing_keeps_the_previous_one(tmp_path, small_tokenizer, monkeypatch):
     recipe = tiny_recipe(small_tokenizer, "training.pseudo_perplexity_blocks=0")
-    training.train(recipe, tmp_path / "reference")
+    pretraining.train(recipe, tmp_path / "reference")
     AcceleratorState._reset_state(reset_partial_state=True)
     real = Accelerator.save_state
 
@@ -115,14 +115,14 @@ def test_disk_full_while_checkpointing_keeps_the_previous_one(tmp_path, small_to
     monkeypatch.setattr(Accelerator, "save_state", full_at_step_8)
     run = tmp_path / "run"
     with pytest.raises(StorageError) as error:
-        training.train(recipe, run)
+        pretraining.train(recipe, run)
     message = str(error.value)
     assert "No space left on device" in message and "checkpoint-4 is intact" in message and "--resume" in message
     assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-4"]
     assert not (run / training.LOCK_FILE).exists()
     monkeypatch.undo()
     AcceleratorState._reset_state(reset_partial_state=True)
-    training.train(recipe, run, resume=True)
+    pretraining.train(recipe, run, resume=True)
     assert max_abs_diff(weights(tmp_path / "reference"), weights(run)) == 0
 
 

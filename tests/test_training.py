@@ -17,7 +17,7 @@ import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer, BertConfig, BertForMaskedLM
 
 from conftest import RECIPES, max_abs_diff, read_log, weights
-from maskae import MaskAEForMaskedLM, training
+from maskae import MaskAEForMaskedLM, pretraining, training
 from maskae.cli import main
 from maskae.errors import CheckpointError, ConfigError, TokenizerError
 from maskae.recipe import load_recipe
@@ -44,11 +44,12 @@ def test_loss_falls_and_run_writes_everything(tmp_path):
     recipe = tiny_recipe(None, "tokenizer.train.vocab_size=200", "training.max_steps=30", "training.save_steps=10",
                          "training.save_total_limit=2", "training.logging_steps=5", "training.eval_steps=15",
                          "training.lr=1e-2")
-    results = training.train(recipe, tmp_path)
+    results = pretraining.train(recipe, tmp_path)
 
     log = read_log(tmp_path / "log.jsonl")
     assert [r["step"] for r in log] == [5, 10, 15, 20, 25, 30]
-    assert all({"step", "loss", "lr", "tokens_per_s"} <= r.keys() for r in log)
+    assert all({"step", "loss", "lr", "tokens_per_s", "data_wait_s"} <= r.keys() for r in log)
+    assert all(0 <= r["data_wait_s"] < r["elapsed_s"] for r in log)
     assert all(r["tokens_per_s"] > 0 for r in log)
     assert log[0]["loss"] < 5.4  # about ln(200) at the start
     assert (log[-1]["loss"] + log[-2]["loss"]) / 2 < log[0]["loss"] - 0.5, [r["loss"] for r in log]
@@ -80,8 +81,8 @@ def test_loss_falls_and_run_writes_everything(tmp_path):
 def test_gradient_accumulation_equals_the_full_batch(tmp_path, small_tokenizer):
     """The loss is the token mean over the global batch, however it is cut into micro-batches."""
     common = ["model.dropout=0.0", "training.max_steps=4", "training.save_steps=100"]
-    training.train(tiny_recipe(small_tokenizer, *common), tmp_path / "full")
-    training.train(tiny_recipe(small_tokenizer, *common, "training.gradient_accumulation_steps=4"), tmp_path / "acc")
+    pretraining.train(tiny_recipe(small_tokenizer, *common), tmp_path / "full")
+    pretraining.train(tiny_recipe(small_tokenizer, *common, "training.gradient_accumulation_steps=4"), tmp_path / "acc")
     full, acc = read_log(tmp_path / "full" / "log.jsonl"), read_log(tmp_path / "acc" / "log.jsonl")
     assert [r["loss"] for r in full] == pytest.approx([r["loss"] for r in acc], abs=1e-5)
     assert max_abs_diff(weights(tmp_path / "full"), weights(tmp_path / "acc")) < 1e-5
@@ -91,7 +92,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, small_tokenize
     # dropout stays on: the restored RNG state matters too
     recipe = tiny_recipe(small_tokenizer, "training.max_steps=20", "training.save_steps=4",
                          "training.pseudo_perplexity_blocks=0")
-    training.train(recipe, tmp_path / "reference")
+    pretraining.train(recipe, tmp_path / "reference")
 
     recipe_file = tmp_path / "recipe.yaml"
     recipe.save(recipe_file)
@@ -115,7 +116,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, small_tokenize
     (killed / f"checkpoint-{step + 4}" / training.COMPLETE_MARKER).unlink()
     assert training.latest_checkpoint(killed) == newest
 
-    training.train(recipe, killed, resume=True)
+    pretraining.train(recipe, killed, resume=True)
     assert max_abs_diff(weights(tmp_path / "reference"), weights(killed)) < 1e-5
     reference_log, resumed_log = read_log(tmp_path / "reference" / "log.jsonl"), read_log(killed / "log.jsonl")
     assert [r["step"] for r in resumed_log] == list(range(1, 21))
@@ -147,7 +148,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, small_token
 
     monkeypatch.setattr(MaskAEForMaskedLM, "forward", poisoned)
     with pytest.raises(training.TrainingDivergedError) as error:
-        training.train(tiny_recipe(small_tokenizer, "training.pseudo_perplexity_blocks=0"), tmp_path)
+        pretraining.train(tiny_recipe(small_tokenizer, "training.pseudo_perplexity_blocks=0"), tmp_path)
     message = str(error.value)
     assert "nan at step 7" in message and "checkpoint-4" in message and "\n" not in message
     assert [p.name for p in training.complete_checkpoints(tmp_path)] == ["checkpoint-4"]
@@ -165,7 +166,7 @@ def test_cli_reports_config_errors_in_one_line(tmp_path, capsys):
 
 def test_run_level_errors(tmp_path, small_tokenizer):
     with pytest.raises(ConfigError, match="multiple of 3"):
-        training.train(tiny_recipe(small_tokenizer, "training.gradient_accumulation_steps=3"), tmp_path / "a")
+        pretraining.train(tiny_recipe(small_tokenizer, "training.gradient_accumulation_steps=3"), tmp_path / "a")
 
     # a backbone whose embeddings are fewer than the tokenizer's tokens
     torch.manual_seed(0)
@@ -173,12 +174,12 @@ def test_run_level_errors(tmp_path, small_tokenizer):
     BertForMaskedLM(BertConfig(vocab_size=99, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                                intermediate_size=32)).save_pretrained(backbone)
     with pytest.raises(TokenizerError, match="200 tokens but backbone .* has only 99 embeddings"):
-        training.train(tiny_recipe(small_tokenizer, f"model.backbone={backbone}"), tmp_path / "b")
+        pretraining.train(tiny_recipe(small_tokenizer, f"model.backbone={backbone}"), tmp_path / "b")
 
     (tmp_path / "c" / "checkpoint-4").mkdir(parents=True)
     (tmp_path / "c" / "checkpoint-4" / training.COMPLETE_MARKER).write_text("{}")
     with pytest.raises(CheckpointError, match="--resume"):
-        training.train(tiny_recipe(small_tokenizer), tmp_path / "c")
+        pretraining.train(tiny_recipe(small_tokenizer), tmp_path / "c")
 
 
 @pytest.fixture(scope="session")
@@ -209,7 +210,7 @@ def test_backbone_recipes_train_on_a_shrunken_configuration(tmp_path, request, n
     shrink = [f"model.backbone={backbone}", "data.block_size=32", "data.max_train_blocks=16", "data.max_eval_blocks=4",
               "training.batch_size=4", "training.max_steps=2", "training.warmup_steps=1", "training.save_steps=2",
               "training.eval_steps=null", "training.pseudo_perplexity_blocks=1", "training.eval_batch_size=4"]
-    results = training.train(load_recipe(RECIPES / name, [*shrink, *overrides]), tmp_path)
+    results = pretraining.train(load_recipe(RECIPES / name, [*shrink, *overrides]), tmp_path)
     model = AutoModelForMaskedLM.from_pretrained(tmp_path)
     assert {key: getattr(model.config, key) for key in expected} == expected
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in read_log(tmp_path / "log.jsonl"))

@@ -46,7 +46,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..training import train  # torch and friends load only when training
+    from ..pretraining import train  # torch and friends load only when training
 
     for name in ("accelerate.accelerator", "accelerate.checkpointing"):  # one line per saved file otherwise
         logging.getLogger(name).setLevel(logging.WARNING)
