@@ -75,6 +75,10 @@ ROWS: dict[str, dict] = {
     "sentence bottleneck (TSDAE/RetroMAE)": {"set": [
         "model.split_layer=3", "model.decoder=transformer", "model.decoder_layers=1", "model.bottleneck=sentence",
         "noise.delete_prob=0.1", "noise.decoder_mask_prob=0.5"]},
+    # the stock classifier reads [CLS]: make [CLS] the sentence code that the decoder must reconstruct from
+    "sentence bottleneck, [CLS] as the code (RetroMAE)": {"set": [
+        "model.split_layer=3", "model.decoder=transformer", "model.decoder_layers=1", "model.bottleneck=sentence",
+        "model.pooling=cls", "noise.delete_prob=0.1", "noise.decoder_mask_prob=0.5"]},
     "progressive stacking (1 -> 2)": {"set": ["growth.stages=[{layers: 1, share: 0.5}, {layers: 2, share: 0.5}]"]},
 }
 WARMUP_SHARE = 100 / 1200  # the tiny recipe's warm-up share

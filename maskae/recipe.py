@@ -92,6 +92,11 @@ class DataArgs:
         True, "concatenate documents into full blocks of block_size (no padding); false pads each line instead"
     )
     max_train_blocks: int | None = option(None, "use at most this many training sequences (for quick runs)")
+    streaming: bool = option(
+        False, "stream data.train instead of tokenizing it up front: packed on the fly, split by process, read in "
+        "corpus order, resumed from the stream's saved position (for corpora larger than memory or disk); needs "
+        "data.validation (or the packaged corpus) and training.num_workers 0 or 1"
+    )
     max_eval_blocks: int | None = option(256, "evaluate on at most this many held-out sequences")
 
 

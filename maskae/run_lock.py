@@ -3,7 +3,9 @@
 Two runs writing into one directory interleave checkpoints and logs and ruin both. The lock is an
 `fcntl.flock` on a file in that directory, so a run killed by any signal (or a lost machine's
 process) leaves no live lock behind; the file also records the holder's pid, host and start time,
-which is what a refused second run names. Whole-file locks only work across the processes of one
+which is what a refused second run names. A forked child (a DataLoader worker) shares the lock, and
+outlives a killed run by up to a few seconds (until it notices that its parent is gone): a lock whose
+recorded holder is dead is therefore waited for, up to `ORPHAN_WAIT_S`, before it is refused. Whole-file locks only work across the processes of one
 host on most network file systems, which is the case they are needed for.
 """
 
@@ -22,6 +24,7 @@ from types import TracebackType
 from .errors import MaskAEError, StorageError
 
 logger = logging.getLogger(__name__)
+ORPHAN_WAIT_S = 15.0  # torch's DataLoader workers check for a dead parent every 5 s
 
 
 class RunLockedError(MaskAEError, RuntimeError):
@@ -44,16 +47,21 @@ class RunLock:
         self.release()
 
     def acquire(self) -> None:
+        deadline = time.monotonic() + ORPHAN_WAIT_S
         while True:
             fd = self._open()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = _describe(_read(fd))
+                holder = _read(fd)
                 os.close(fd)
+                if not _alive(holder) and time.monotonic() < deadline:
+                    time.sleep(0.1)  # the holder died; its children are about to let go
+                    continue
+                orphans = "" if _alive(holder) else ", which is gone, but a child process of it still holds the lock"
                 raise RunLockedError(
-                    f"{self.path.parent} is in use by {holder}; wait for that run to finish (or stop it), or "
-                    "choose another output directory."
+                    f"{self.path.parent} is in use by {_describe(holder)}{orphans}; wait for that run to finish (or "
+                    "stop it), or choose another output directory."
                 ) from None
             # The file may have been unlinked by its previous holder between our open and our lock.
             if os.path.exists(self.path) and os.stat(self.path).st_ino == os.fstat(fd).st_ino:
@@ -97,6 +105,19 @@ def _read(fd: int) -> dict:
         return json.loads(os.pread(fd, 4096, 0) or b"{}")
     except ValueError:
         return {}
+
+
+def _alive(holder: dict) -> bool:
+    """Whether the recorded holder still runs (assumed so when it is on another host or unknown)."""
+    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+        return True
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _describe(holder: dict) -> str:

@@ -24,6 +24,7 @@ stage boundaries) can hook in at step boundaries by overriding `on_step_end`.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -39,6 +40,7 @@ from accelerate import Accelerator
 from accelerate.utils import (
     ProjectConfiguration,
     extract_model_from_parallel,
+    gather_object,
     is_tensorboard_available,
     is_trackio_available,
     set_seed,
@@ -77,20 +79,32 @@ class TrainingDivergedError(MaskAEError, FloatingPointError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+class StreamCollator:
+    """Collates a stream's item (one process's rows of a global batch) and passes its stream position on."""
+
+    def __init__(self, collator: DataCollatorForDenoising) -> None:
+        self.collator = collator
+
+    def __call__(self, item: dict) -> dict:
+        return {**self.collator(item["rows"]), "stream_state": item["state"]}
+
+
 class TrainState:
     """What Accelerate does not checkpoint by itself: the optimizer-step counter (the log position and,
-    for map-style data, the data position follow from it) and, when streaming, the stream's position."""
+    for map-style data, the data position follow from it) and, when streaming, every process's stream
+    position (Accelerate saves this object from the main process only, so the positions are gathered first)."""
 
     def __init__(self) -> None:
         self.step = 0
-        self.stream: dict | None = None
+        self.stream: dict | None = None  # this process's stream position after the last step
+        self.streams: list[dict] | None = None  # every process's, gathered for a checkpoint
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "stream": self.stream}
+        return {"step": self.step, "streams": self.streams}
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
-        self.stream = state.get("stream")
+        self.streams = state.get("streams")
 
 
 # ---------------------------------------------------------------- checkpoints on disk
@@ -217,14 +231,18 @@ def set_dropout(model: nn.Module, p: float) -> None:
             setattr(model.config.base_config, key, p)
 
 
-def load_texts(recipe: Recipe) -> tuple[Dataset, Dataset]:
-    """(train, held-out) raw text datasets, as the recipe's data section describes."""
+def load_texts(recipe: Recipe) -> tuple[Dataset | None, Dataset]:
+    """(train, held-out) raw text datasets, as the recipe's data section describes; no training texts when
+    streaming (the stream reads them)."""
     args = recipe.data
-    train = corpus.load_corpus(train_source(recipe), text_column=args.text_column)
+    train = None if args.streaming else corpus.load_corpus(train_source(recipe), text_column=args.text_column)
     if args.validation is not None:
         return train, corpus.load_corpus(args.validation, text_column=args.text_column)
     if args.train is None:
         return train, corpus.load_corpus(str(corpus.default_corpus("validation")), text_column=args.text_column)
+    if train is None:
+        raise ConfigError("data.streaming cannot hold out a share of a stream; give a held-out corpus as "
+                          "data.validation.")
     if round(len(train) * args.validation_fraction) < 1 or len(train) < 2:
         raise DataError(
             f"{args.train} has {len(train)} non-blank line(s), too few to hold out data.validation_fraction="
@@ -232,6 +250,15 @@ def load_texts(recipe: Recipe) -> tuple[Dataset, Dataset]:
         )
     parts = train.train_test_split(test_size=args.validation_fraction, shuffle=False)
     return parts["train"], parts["test"]
+
+
+def whitening_texts(recipe: Recipe, max_texts: int, seed: int) -> list[str]:
+    """Training lines to fit the final whitening on: a seeded sample of the corpus, or, when streaming, its
+    first `max_texts` lines (a sample would read the whole stream)."""
+    if recipe.data.streaming:
+        rows = corpus.load_corpus(train_source(recipe), text_column=recipe.data.text_column, streaming=True)
+        return [row["text"] for row in itertools.islice(rows, max_texts)]
+    return corpus.sample_texts(load_texts(recipe)[0]["text"], max_texts, seed=seed)
 
 
 def tokenize(recipe: Recipe, texts: Dataset, tokenizer: PreTrainedTokenizerBase, limit: int | None) -> Dataset:
@@ -328,10 +355,12 @@ class Trainer:
         train_text, eval_text = load_texts(self.recipe)
         self.tokenizer = build_tokenizer(self.recipe, self.output_dir, accelerator)
         with accelerator.main_process_first():
-            self.train_set = tokenize(self.recipe, train_text, self.tokenizer, self.recipe.data.max_train_blocks)
+            if train_text is not None:
+                self.train_set = tokenize(self.recipe, train_text, self.tokenizer, self.recipe.data.max_train_blocks)
             self.eval_set = tokenize(self.recipe, eval_text, self.tokenizer, self.recipe.data.max_eval_blocks)
-        self.steps_per_epoch = len(self.train_set) // args.batch_size
-        if self.steps_per_epoch == 0:
+        if self.recipe.data.streaming:
+            self.check_streaming()
+        elif len(self.train_set) // args.batch_size == 0:
             raise DataError(f"the training set has {len(self.train_set)} sequences, fewer than one global batch "
                             f"(training.batch_size={args.batch_size}); lower the batch size or give more data.")
         if len(self.eval_set) == 0:
@@ -377,10 +406,25 @@ class Trainer:
         except Exception as error:  # safetensors, torch.load and pickle each raise their own types
             raise CheckpointError(f"cannot load {checkpoint} ({cause(error)}); move it away to resume from the one "
                                   "before it, or rerun without --resume into a new --output-dir.") from None
+        if self.recipe.data.streaming:
+            self._restore_stream_position(checkpoint)
         logger.info("resumed from %s at step %d", checkpoint, self.state.step)
         if self.accelerator.is_main_process:
             for name in ("log.jsonl", "eval_log.jsonl"):
                 self._truncate_log(self.output_dir / name, self.state.step)
+
+    def _restore_stream_position(self, checkpoint: Path) -> None:
+        """This process's stream position from the checkpoint; a stream split over P processes resumes on P."""
+        streams, processes = self.state.streams, self.accelerator.num_processes
+        if not streams:
+            raise CheckpointError(f"{checkpoint} was written by a run that did not stream its corpus; resume it with "
+                                  "data.streaming=false, or restart without --resume.")
+        if len(streams) != processes:
+            raise CheckpointError(
+                f"{checkpoint} streams its corpus split over {len(streams)} process(es), not {processes}; resume it "
+                f"with {len(streams)} (accelerate launch --num_processes {len(streams)}), or restart without --resume."
+            )
+        self.state.stream = streams[self.accelerator.process_index]
 
     def _intact_checkpoint(self) -> Path | None:
         """The newest complete checkpoint whose files match their records; damaged newer ones are set
@@ -427,6 +471,19 @@ class Trainer:
 
     # ---- data
 
+    def check_streaming(self) -> None:
+        args = self.recipe.data
+        if not args.pack:
+            raise ConfigError("data.streaming packs the stream into blocks; set data.pack=true.")
+        if args.max_train_blocks is not None:
+            raise ConfigError("data.max_train_blocks counts a tokenized corpus, which a stream is not; leave it "
+                              "empty and bound the run with training.max_steps.")
+        if self.num_workers() > 1:
+            raise ConfigError(
+                f"training.num_workers={self.num_workers()}: a stream is read by one worker per process, so that "
+                "its position can be saved exactly; set it to 1 (or 0)."
+            )
+
     def num_workers(self) -> int:
         """training.num_workers, or by default none on a CPU (a worker would take cores from the step) and 2
         per process on an accelerator."""
@@ -439,6 +496,8 @@ class Trainer:
         `num_workers` DataLoader workers ahead of the step."""
         accelerator, args = self.accelerator, self.args
         workers = self.num_workers()
+        if self.recipe.data.streaming:
+            return self.stream_batches(workers)
         sampler = StepBatchSampler(len(self.train_set), args.batch_size, args.seed, accelerator.process_index,
                                    accelerator.num_processes, start_step=self.state.step)
         # The loader's own generator seeds its workers, which would otherwise draw from the global RNG
@@ -447,6 +506,23 @@ class Trainer:
                             num_workers=workers, prefetch_factor=args.prefetch_factor if workers else None,
                             pin_memory=accelerator.device.type == "cuda",
                             generator=torch.Generator().manual_seed(args.seed))
+        return iter(loader)
+
+    def stream_batches(self, workers: int) -> Iterator[dict[str, torch.Tensor]]:
+        """`batches` from a stream, continued from the saved stream position; each batch carries the
+        stream's position after it (`stream_state`), which the loop records once the step is done."""
+        from .streaming import PackedBatchStream
+
+        accelerator, data = self.accelerator, self.recipe.data
+        stream = PackedBatchStream(
+            train_source(self.recipe), self.tokenizer, data.block_size, self.args.batch_size // accelerator.num_processes,
+            text_column=data.text_column, rank=accelerator.process_index, world_size=accelerator.num_processes,
+        )
+        if self.state.stream is not None:
+            stream.load_state_dict(self.state.stream)
+        loader = DataLoader(stream, batch_size=None, collate_fn=StreamCollator(self.collator), num_workers=workers,
+                            prefetch_factor=self.args.prefetch_factor if workers else None,
+                            pin_memory=accelerator.device.type == "cuda")
         return iter(loader)
 
     def micro_batches(self, batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
@@ -515,9 +591,11 @@ class Trainer:
                 waited = time.perf_counter()
                 batch = next(batches)
                 window_wait += time.perf_counter() - waited
+                stream_state = batch.pop("stream_state", None)
                 outcome = self.training_step(batch)
                 loss, tokens = outcome["loss"], outcome["tokens"]
                 self.state.step += 1
+                self.state.stream = stream_state
                 window_tokens += tokens
                 trained_tokens += tokens
                 progress.update(1)
@@ -527,7 +605,7 @@ class Trainer:
                     elapsed = time.perf_counter() - window_start
                     record = {"step": self.state.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
                               "tokens_per_s": window_tokens / max(elapsed, 1e-9), "grad_norm": outcome["grad_norm"],
-                              "targets": outcome["targets"], "epoch": self.state.step / self.steps_per_epoch,
+                              "targets": outcome["targets"], "epoch": self.epoch(),
                               "data_wait_s": round(window_wait, 4)}
                     progress.set_postfix(loss=f"{loss:.3f}", lr=f"{record['lr']:.2e}",
                                          data_wait=f"{window_wait / max(elapsed, 1e-9):.0%}")
@@ -542,6 +620,12 @@ class Trainer:
         self.save_final(results)
         accelerator.end_training()
         return results
+
+    def epoch(self) -> float:
+        """Passes over the training data so far (when streaming: the pass the stream is in)."""
+        if self.recipe.data.streaming:
+            return float(self.state.stream["pass"])
+        return self.state.step / (len(self.train_set) // self.args.batch_size)
 
     def on_step_end(self) -> None:
         """Step-boundary work: periodic evaluation and checkpoints. Override to add more (e.g. growth)."""
@@ -594,6 +678,8 @@ class Trainer:
         if accelerator.is_main_process:
             shutil.rmtree(partial, ignore_errors=True)
         accelerator.wait_for_everyone()
+        if self.recipe.data.streaming:
+            self.state.streams = gather_object([self.state.stream])
         try:
             accelerator.save_state(str(partial), safe_serialization=True)
             accelerator.wait_for_everyone()
@@ -645,6 +731,6 @@ class Trainer:
         """`training.whiten_at_end`: a whitening of the code, fitted on a seeded sample of the training
         corpus's lines (no labels), saved beside the final model so that embed and evaluate apply it."""
         cap = DEFAULT_MAX_TEXTS if self.args.whiten_at_end is True else self.args.whiten_at_end
-        texts = corpus.sample_texts(load_texts(self.recipe)[0]["text"], cap, seed=self.args.seed)
+        texts = whitening_texts(self.recipe, cap, seed=self.args.seed)
         fit_whitening(Embedder(model, self.tokenizer), texts).save(self.output_dir)
 

@@ -188,3 +188,28 @@ def test_a_live_run_keeps_a_second_one_out_and_a_dead_one_does_not(tmp_path, cap
     assert any(f"left by maskae train (pid {holder.pid}" in r.getMessage() and "no longer running" in r.getMessage()
                for r in caplog.records)
     assert not lock.exists()
+
+
+ORPHANING_HOLDER = """
+import os, sys, time
+from maskae.run_lock import RunLock
+with RunLock(sys.argv[1], "maskae train"):
+    if os.fork() == 0:  # a child shares the lock, as a DataLoader worker does, and outlives its parent briefly
+        time.sleep(2)
+        os._exit(0)
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_killed_runs_lingering_child_is_waited_for(tmp_path):
+    lock = tmp_path / "run" / training.LOCK_FILE
+    holder = subprocess.Popen([sys.executable, "-c", ORPHANING_HOLDER, str(lock)], env=ENV, stdout=subprocess.PIPE,
+                              text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    holder.kill()
+    holder.wait()
+    started = time.monotonic()
+    with RunLock(lock, "maskae train"):  # waits for the child instead of refusing the resume
+        waited = time.monotonic() - started
+    assert 0.5 < waited < 10
