@@ -1,6 +1,6 @@
 """The data path after per-rank, counter-based noise: collator speed, DataLoader workers, rows per rank.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_data.py [--sections collator,workers,ranks] [--out runs/bench-data]
+    OMP_NUM_THREADS=1 python benchmarks/bench_data.py [--sections collator,workers,ranks,memory] [--out runs/bench-data]
 
 collator  tokens/s of one collate call on ONE thread (packed 128-token WikiText-2 blocks, MiniLM's WordPiece,
           batch 32, 15% masking): transformers' DataCollatorForLanguageModeling against maskae's collator
@@ -15,8 +15,12 @@ ranks     8 gloo processes on CPU (`accelerate launch --multi_gpu --num_processe
           counts and times every collate call per rank: each rank must collate batch_size / 8 rows per step,
           not the whole global batch as before; and, in this process, collating 64 rows with the generator
           (what every rank used to do) against 8 keyed rows (what a rank does now).
+memory    one full pass of `PackedBatchStream` (tokenized, packed and noised on the fly, batch 32 x 128) over
+          WikiText-2 train (1x) and over ten copies of it as ten shards (10x), each in its own process: peak
+          resident memory must stay flat (at most 1.2x). Beside it, the map-style path on the same corpora
+          (tokenize_and_pack into an Arrow cache before step 1): time before the first batch, and cache on disk.
 
-About 4 minutes on 2 shared CPU cores. The script sets OMP_NUM_THREADS=1 and the offline switches for itself and
+About 7 minutes on 2 shared CPU cores. The script sets OMP_NUM_THREADS=1 and the offline switches for itself and
 its children. Other load on the host makes wall-clock figures noisy; the ratios and the row counts are what matter.
 """
 
@@ -245,9 +249,80 @@ def section_ranks(args) -> dict:
             "before_ms": before * 1e3, "now_ms": now * 1e3}
 
 
+STREAM_PASS = '''import json, resource, sys, time
+from transformers import AutoTokenizer
+from maskae.collator import DataCollatorForDenoising
+from maskae.streaming import PackedBatchStream
+source, tokenizer_path, mode, cache = sys.argv[1:5]
+tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+start = time.perf_counter()
+first = None
+if mode == "stream":
+    collate, blocks = DataCollatorForDenoising(tokenizer, seed=0), 0
+    for item in PackedBatchStream(source, tokenizer, 128, 32):
+        if item["rows"][0]["noise_epoch"] > 0:
+            break
+        collate(item["rows"])
+        blocks += len(item["rows"])
+        first = first or time.perf_counter() - start
+else:
+    import datasets
+    from maskae.data import load_corpus, tokenize_and_pack
+    datasets.config.HF_DATASETS_CACHE = cache
+    packed = tokenize_and_pack(load_corpus(source), tokenizer, 128)
+    blocks, first = len(packed), time.perf_counter() - start
+print(json.dumps({"blocks": blocks, "first_batch_s": first, "seconds": time.perf_counter() - start,
+                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+'''
+
+
+def folder_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+
+
+def section_memory(args) -> dict:
+    corpora = {}
+    for copies in (1, 10):
+        folder = args.out / f"corpus-{copies}x"
+        if not folder.is_dir():
+            folder.mkdir(parents=True)
+            for i in range(copies):
+                shutil.copyfile(WIKITEXT, folder / f"part-{i:02d}.txt")
+        corpora[copies] = folder
+    result = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        script = Path(scratch) / "stream_pass.py"
+        script.write_text(STREAM_PASS)
+        for mode in ("stream", "map-style"):
+            for copies, folder in corpora.items():
+                cache = Path(scratch) / f"cache-{mode}-{copies}"
+                command = [sys.executable, str(script), str(folder), str(tokenizer_dir(args.out)), mode, str(cache)]
+                done = subprocess.run(command, cwd=REPO, env={**ENV, "HF_DATASETS_CACHE": str(cache)},
+                                      capture_output=True, text=True)
+                if done.returncode:
+                    sys.exit(f"{mode} pass over {folder} failed: {done.stderr[-2000:]}")
+                figures = json.loads(done.stdout.strip().splitlines()[-1])
+                figures["disk_mb"] = folder_mb(cache) if cache.exists() else 0.0
+                result[f"{mode} {copies}x"] = figures
+    print(f"\n== memory: WikiText-2 train ({folder_mb(corpora[1]):.0f} MB of text) as 1x and 10x, 128-token blocks")
+    print("  way               blocks  first batch (s)  total (s)  peak RSS (MB)  cache on disk (MB)")
+    for name, r in result.items():
+        print(f"  {name:<16}{r['blocks']:>8,}{r['first_batch_s']:>17.2f}{r['seconds']:>11.1f}{r['peak_mb']:>15.0f}"
+              f"{r['disk_mb']:>20.0f}")
+    ratio = result["stream 10x"]["peak_mb"] / result["stream 1x"]["peak_mb"]
+    print(f"  streaming peak RSS, 10x / 1x: {ratio:.2f}x (goal: at most 1.2x)")
+    SUMMARY.append(("memory", "streaming peak RSS, 10x / 1x corpus", f"{ratio:.2f}x",
+                    f"{result['stream 1x']['peak_mb']:.0f} -> {result['stream 10x']['peak_mb']:.0f} MB"))
+    SUMMARY.append(("memory", "before the first batch, 10x: stream / map-style",
+                    f"{result['stream 10x']['first_batch_s']:.1f} / {result['map-style 10x']['first_batch_s']:.1f} s",
+                    f"map-style cache {result['map-style 10x']['disk_mb']:.0f} MB"))
+    result["ratio"] = ratio
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sections", default="collator,workers,ranks")
+    parser.add_argument("--sections", default="collator,workers,ranks,memory")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench-data")
     parser.add_argument("--steps", type=int, default=150, help="training steps of each workers run")
     parser.add_argument("--repeats", type=int, default=60,
@@ -257,7 +332,8 @@ def main() -> None:
     os.environ.update(ENV)  # before torch is imported: one thread
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
-    sections = {"collator": section_collator, "workers": section_workers, "ranks": section_ranks}
+    sections = {"collator": section_collator, "workers": section_workers, "ranks": section_ranks,
+                "memory": section_memory}
     chosen = args.sections.split(",")
     unknown = set(chosen) - set(sections)
     if unknown:
