@@ -62,6 +62,7 @@ from .mlm_metrics import masked_lm_metrics, pseudo_perplexity
 from .modeling_maskae import MaskAEForMaskedLM
 from .noise import IGNORE_INDEX
 from .recipe import Recipe
+from .run_logs import read_log
 from .whitening import DEFAULT_MAX_TEXTS, fit_whitening
 
 logger = logging.getLogger(__name__)
@@ -458,16 +459,8 @@ class Trainer:
     @staticmethod
     def _truncate_log(path: Path, step: int) -> None:
         """Drop log lines written after the checkpoint (the resumed run writes them again)."""
-        if not path.is_file():
-            return
-        kept = []
-        for line in path.read_text().splitlines():
-            try:
-                if json.loads(line)["step"] <= step:
-                    kept.append(line)
-            except (ValueError, KeyError):
-                break  # a line cut short by the kill: nothing after it is trustworthy
-        path.write_text("".join(line + "\n" for line in kept))
+        if path.is_file():
+            path.write_text("".join(json.dumps(record) + "\n" for record in read_log(path) if record["step"] <= step))
 
     # ---- data
 
@@ -646,13 +639,7 @@ class Trainer:
 
     def _logged_seconds(self) -> float:
         """The wall-clock seconds that log.jsonl already covers (0 for a new run)."""
-        seconds, path = 0.0, self.output_dir / "log.jsonl"
-        for line in path.read_text().splitlines() if path.is_file() else []:
-            try:
-                seconds = json.loads(line).get("elapsed_s", seconds)
-            except ValueError:
-                break
-        return seconds
+        return next((r["elapsed_s"] for r in reversed(read_log(self.output_dir / "log.jsonl")) if "elapsed_s" in r), 0.0)
 
     def _log(self, name: str, record: dict) -> None:
         """Append one JSON line with the run's wall-clock seconds so far (main process), send it to the trackers,

@@ -4,12 +4,12 @@ speeds can be compared on both budgets."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import DataError
 from .plotting import _save, plt
+from .run_logs import read_log
 
 # (log file, key, axis label): one row of panels each.
 CURVES = (
@@ -19,17 +19,6 @@ CURVES = (
     ("log.jsonl", "tokens_per_s", "tokens/s"),
 )
 X_AXES = (("step", "step"), ("elapsed_s", "wall-clock time (s)"))
-
-
-def read_log(path: Path) -> list[dict]:
-    """The records of a JSON-lines log; a line cut short by a kill ends it, as it does for `--resume`."""
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            break
-    return records
 
 
 def run_series(run_dir: str | Path) -> dict[str, dict[str, list[float]]]:
