@@ -11,7 +11,8 @@ import pytest
 
 from maskae import DataError
 from maskae.cli import main
-from maskae.training_curves import CURVES, plot_training_curves, read_log, run_series
+from maskae.run_logs import read_log
+from maskae.training_curves import CURVES, plot_training_curves, run_series
 
 
 def write_run(path: Path, steps: list[int], timed: bool = True) -> Path:
