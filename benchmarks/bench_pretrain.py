@@ -76,7 +76,7 @@ ROWS: dict[str, dict] = {
         "model.split_layer=3", "model.decoder=transformer", "model.decoder_layers=1", "model.bottleneck=sentence",
         "noise.delete_prob=0.1", "noise.decoder_mask_prob=0.5"]},
     # the stock classifier reads [CLS]: make [CLS] the sentence code that the decoder must reconstruct from
-    "sentence bottleneck, [CLS] as the code (RetroMAE)": {"set": [
+    "sentence bottleneck with [CLS] as the code (RetroMAE)": {"set": [
         "model.split_layer=3", "model.decoder=transformer", "model.decoder_layers=1", "model.bottleneck=sentence",
         "model.pooling=cls", "noise.delete_prob=0.1", "noise.decoder_mask_prob=0.5"]},
     "progressive stacking (1 -> 2)": {"set": ["growth.stages=[{layers: 1, share: 0.5}, {layers: 2, share: 0.5}]"]},
@@ -212,7 +212,7 @@ def table(results: dict[str, dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/bench-pretrain"), help="output directory")
-    parser.add_argument("--rows", help="comma-separated row names (default: every row); see ROWS in this file")
+    parser.add_argument("--rows", help="row names separated by semicolons (default: every row); see ROWS in this file")
     parser.add_argument("--budget-cpu-s", type=float, default=100.0,
                         help="CPU seconds of training per row (default 100: under 2 minutes on one idle thread)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -222,7 +222,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     torch.set_num_threads(args.threads)
-    names = list(ROWS) if args.rows is None else [n.strip() for n in args.rows.split(",")]
+    names = list(ROWS) if args.rows is None else [n.strip() for n in args.rows.split(";") if n.strip()]
     unknown = [n for n in names if n not in ROWS]
     if unknown:
         parser.error(f"unknown rows {unknown}; choose among {list(ROWS)}")
