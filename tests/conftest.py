@@ -97,6 +97,14 @@ def small_tokenizer(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def private_datasets_cache(tmp_path, monkeypatch):
+    """Keep a test's datasets cache apart from the user's and the other tests'."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+
+
+@pytest.fixture
 def fresh_accelerator_state():
     """Accelerate's state is a per-process singleton; reset it after a training run, as Accelerate's own tests do."""
     from accelerate.state import AcceleratorState

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 
-import datasets
 import pytest
 from datasets import Dataset, DatasetDict, IterableDataset
 from transformers import AutoTokenizer
@@ -15,11 +14,7 @@ from maskae.data import default_corpus, iter_packed, load_corpus, tokenize_and_p
 
 DOCS = ["First document about lobsters .", "Second one , a bit longer than the first document .", "Third ."]
 
-
-@pytest.fixture(autouse=True)
-def private_datasets_cache(tmp_path, monkeypatch):
-    """Keep every test's datasets cache apart from the user's and the other tests'."""
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+pytestmark = pytest.mark.usefixtures("private_datasets_cache")
 
 
 @pytest.fixture(scope="module")

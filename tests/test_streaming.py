@@ -8,7 +8,6 @@ import json
 from collections import Counter
 from types import SimpleNamespace
 
-import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -21,11 +20,7 @@ from maskae.streaming import PackedBatchStream
 
 BLOCK, ROWS, TEXTS = 128, 4, 40  # block_size, rows_per_batch, text_batch_size: ~50 items and 6 text batches a pass
 
-
-@pytest.fixture(autouse=True)
-def private_datasets_cache(tmp_path, monkeypatch):
-    """Keep every test's datasets cache apart from the user's and the other tests'."""
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+pytestmark = pytest.mark.usefixtures("private_datasets_cache")
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,6 @@ and resumes exactly after a SIGKILL from the stream position saved in the checkp
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
@@ -19,9 +14,9 @@ from maskae.batching import TaggedRows
 from maskae.data import load_corpus, tokenize_and_pack
 from maskae.errors import CheckpointError, ConfigError
 from maskae.integrity import directory_records
-from test_training import tiny_recipe
+from test_training import tiny_recipe, train_until_killed
 
-pytestmark = pytest.mark.usefixtures("fresh_accelerator_state")
+pytestmark = pytest.mark.usefixtures("fresh_accelerator_state", "private_datasets_cache")
 
 
 @pytest.fixture
@@ -68,17 +63,8 @@ def test_streaming_resume_after_sigkill_matches_uninterrupted_run(tmp_path, smal
     reference_log = read_log(tmp_path / "reference" / "log.jsonl")
     assert reference_log[-1]["epoch"] >= 1  # a second pass started
 
-    recipe_file = tmp_path / "recipe.yaml"
-    recipe.save(recipe_file)
     killed = tmp_path / "killed"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "maskae", "train", str(recipe_file), "--output-dir", str(killed)],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while len(training.complete_checkpoints(killed)) < 2 and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    train_until_killed(recipe, killed, checkpoints=2)
 
     pretraining.train(recipe, killed, resume=True)
     assert max_abs_diff(weights(tmp_path / "reference"), weights(killed)) < 1e-5

@@ -40,6 +40,21 @@ def tiny_recipe(tokenizer: Path | None, *overrides: str, name: str = "tiny-wikit
     return load_recipe(RECIPES / name, [*SHRINK, *extra, *overrides])
 
 
+def train_until_killed(recipe, output_dir: Path, checkpoints: int) -> None:
+    """`maskae train` in a subprocess, SIGKILLed as soon as `checkpoints` complete checkpoints exist."""
+    recipe_file = output_dir.with_suffix(".yaml")
+    recipe.save(recipe_file)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "maskae", "train", str(recipe_file), "--output-dir",
+                                str(output_dir)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while (len(training.complete_checkpoints(output_dir)) < checkpoints and process.poll() is None
+           and time.monotonic() < deadline):
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+
+
 def test_loss_falls_and_run_writes_everything(tmp_path):
     recipe = tiny_recipe(None, "tokenizer.train.vocab_size=200", "training.max_steps=30", "training.save_steps=10",
                          "training.save_total_limit=2", "training.logging_steps=5", "training.eval_steps=15",
@@ -94,17 +109,8 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, small_tokenize
                          "training.pseudo_perplexity_blocks=0")
     pretraining.train(recipe, tmp_path / "reference")
 
-    recipe_file = tmp_path / "recipe.yaml"
-    recipe.save(recipe_file)
     killed = tmp_path / "killed"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "maskae", "train", str(recipe_file), "--output-dir", str(killed)],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while not training.complete_checkpoints(killed) and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    train_until_killed(recipe, killed, checkpoints=1)
     assert not (killed / "model.safetensors").exists()
 
     # debris a kill can leave: a checkpoint still being written, and one whose marker never came
