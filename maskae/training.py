@@ -605,6 +605,7 @@ class Trainer:
                     self._log("log.jsonl", record)
                     window_tokens, window_start, window_wait = 0, time.perf_counter(), 0.0
                 self.on_step_end()
+        del batches  # stops the DataLoader workers before evaluation and saving
         wall_time = time.perf_counter() - started
         results = self.evaluate()
         results.update(step=self.state.step, train_tokens_per_s=trained_tokens / max(wall_time, 1e-9),
