@@ -177,3 +177,19 @@ def test_bad_inputs_give_one_readable_error(tiny_maskae, glue_dir, tmp_path, cap
         f"maskae evaluate: error: label budget 1000 is larger than the training set of {str(glue_dir / 'rte')!r} "
         f"({ROWS} examples); lower it or use 'all'."
     ]
+
+
+def test_regression_trains_on_standardised_scores_and_predicts_on_the_label_scale(tiny_maskae, glue_dir, short_schedule):
+    encoder = ft.prepare_encoder(tiny_maskae, glue_dir.parent / "enc-stsb", layer=1)
+    train, _, _ = ft.read_task(glue_dir / "stsb", ft.GLUE_TASKS["stsb"])
+    rows = ft.encode(encoder.tokenizer, train.texts)
+    model = ft.build_classifier(encoder, 1, seed=0)
+    standard = ft.predict(model, encoder.tokenizer, rows, regression=True)
+    ft.to_label_scale(model, shift=2.5, scale=1.5)
+    assert np.allclose(ft.predict(model, encoder.tokenizer, rows, regression=True), standard * 1.5 + 2.5, atol=1e-5)
+
+    tuned, _ = ft.fine_tune(ft.build_classifier(encoder, 1, seed=0), encoder.tokenizer, ft.GLUE_TASKS["stsb"],
+                            (rows, train.labels), (rows, train.labels), ft.hyperparameters(len(rows)), seed=0)
+    predicted = ft.predict(tuned, encoder.tokenizer, rows, regression=True)
+    # a head trained on z-scores, mapped back: its predictions sit around the labels' mean, not around 0
+    assert abs(predicted.mean() - train.labels.mean()) < 0.5 * train.labels.std()
