@@ -465,6 +465,7 @@ class Trainer:
     # ---- data
 
     def check_streaming(self) -> None:
+        """The settings a stream cannot honour, each refused in one sentence before any step."""
         args = self.recipe.data
         if not args.pack:
             raise ConfigError("data.streaming packs the stream into blocks; set data.pack=true.")
