@@ -133,10 +133,6 @@ def section_collator(args) -> dict:
     return result
 
 
-def read_log(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def train(out: Path, extra: list[str], launcher: list[str] | None = None, env: dict | None = None) -> float:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -162,6 +158,8 @@ def tokenizer_dir(out: Path) -> Path:
 
 
 def section_workers(args) -> dict:
+    from maskae.run_logs import read_log
+
     result = {}
     print(f"\n== workers: maskae train tiny-wikitext2, {args.steps} steps, batch 32 x 128, one process")
     for workers in (0, 1):
@@ -203,6 +201,7 @@ def section_ranks(args) -> dict:
 
     from maskae.collator import DataCollatorForDenoising
     from maskae.recipe import load_recipe
+    from maskae.run_logs import read_log
 
     run, local = args.out / "ranks", RANK_BATCH // RANKS
     with tempfile.TemporaryDirectory() as scratch:
