@@ -63,6 +63,7 @@ from .modeling_maskae import MaskAEForMaskedLM
 from .noise import IGNORE_INDEX
 from .recipe import Recipe
 from .run_logs import read_log
+from .streaming import PackedBatchStream
 from .whitening import DEFAULT_MAX_TEXTS, fit_whitening
 
 logger = logging.getLogger(__name__)
@@ -505,8 +506,6 @@ class Trainer:
     def stream_batches(self, workers: int) -> Iterator[dict[str, torch.Tensor]]:
         """`batches` from a stream, continued from the saved stream position; each batch carries the
         stream's position after it (`stream_state`), which the loop records once the step is done."""
-        from .streaming import PackedBatchStream
-
         accelerator, data = self.accelerator, self.recipe.data
         stream = PackedBatchStream(
             train_source(self.recipe), self.tokenizer, data.block_size, self.args.batch_size // accelerator.num_processes,
