@@ -1,6 +1,6 @@
 """maskae: masked text autoencoders on any transformer encoder, split at layer N."""
 
-from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
+from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForPreTraining
 
 from .collator import DataCollatorForDenoising
 from .configuration_maskae import MaskAEConfig
@@ -18,16 +18,18 @@ from .export_sentence_transformers import save_sentence_transformer
 from .hub import save_for_hub
 from .embeddings import Embedder, embed
 from .whitening import Whitening, fit_whitening
-from .modeling_maskae import MaskAEForMaskedLM, MaskAEModel, MaskAEPreTrainedModel
+from .modeling_maskae import MaskAEForMaskedLM, MaskAEForReplacedTokenDetection, MaskAEModel, MaskAEPreTrainedModel
 from .noise import NoiseConfig
 
 AutoConfig.register("maskae", MaskAEConfig, exist_ok=True)
 AutoModel.register(MaskAEConfig, MaskAEModel, exist_ok=True)
 AutoModelForMaskedLM.register(MaskAEConfig, MaskAEForMaskedLM, exist_ok=True)
+AutoModelForPreTraining.register(MaskAEConfig, MaskAEForReplacedTokenDetection, exist_ok=True)
 # save_pretrained / push_to_hub then ship the model code and an auto_map (trust_remote_code without maskae).
 MaskAEConfig.register_for_auto_class()
 MaskAEModel.register_for_auto_class("AutoModel")
 MaskAEForMaskedLM.register_for_auto_class("AutoModelForMaskedLM")
+MaskAEForReplacedTokenDetection.register_for_auto_class("AutoModelForPreTraining")
 
 __version__ = "0.1.0"
 
@@ -41,6 +43,7 @@ __all__ = [
     "MaskAEConfig",
     "MaskAEError",
     "MaskAEForMaskedLM",
+    "MaskAEForReplacedTokenDetection",
     "MaskAEModel",
     "MaskAEPreTrainedModel",
     "TokenizerError",

@@ -16,6 +16,8 @@ from .errors import ConfigError
 DECODERS = ("layers", "linear", "transformer")
 BOTTLENECKS = ("projection", "sentence")
 POOLINGS = ("mean", "cls")
+OBJECTIVES = ("mlm", "rtd")
+GENERATOR_KEYS = ("hidden_size", "num_attention_heads", "intermediate_size")  # what a narrower generator rewrites
 
 
 def num_layers(config: PreTrainedConfig) -> int:
@@ -59,6 +61,14 @@ class MaskAEConfig(PreTrainedConfig):
         projection and cross-entropy chunk by chunk without storing the logits (faster, leaner; the
         output's logits are then None). Needs fp32 and no autocast; otherwise the plain path runs.
     decoder_mask_prob (`float`): for the sentence bottleneck, fraction of the decoder's copy that is masked.
+    objective (`str`): "mlm" (reconstruct the masked tokens) or "rtd" (ELECTRA's replaced-token detection:
+        a small generator fills the masked positions, and a binary head on the decoder says, for every
+        token, whether it was replaced; see `MaskAEForReplacedTokenDetection`).
+    generator_hidden_size (`int`, *optional*): "rtd" only: width of the generator; None is a quarter of
+        the hidden size (at least 32), the size ELECTRA found best (Clark et al. 2020, section 3.2).
+    generator_layers (`int`, *optional*): "rtd" only: depth of the generator; None is the whole stack's.
+    rtd_weight (`float`): "rtd" only: weight of the detection loss against the generator's MLM loss
+        (ELECTRA's lambda, 50).
     layer_chunk_tokens (`int`, *optional*): run each layer on a few whole sequences at a time, about this
         many tokens per chunk. The result is the same (attention stays within a sequence); on a CPU the
         chunk's activations stay in cache, which measured 6-8% faster per layer at 1024 tokens. None:
@@ -80,6 +90,10 @@ class MaskAEConfig(PreTrainedConfig):
     sparse_prediction: bool = False
     fused_loss: bool = True
     decoder_mask_prob: float = 0.5
+    objective: str = "mlm"
+    generator_hidden_size: int | None = None
+    generator_layers: int | None = None
+    rtd_weight: float = 50.0
     layer_chunk_tokens: int | None = None
     tie_word_embeddings: bool = True
 
@@ -121,12 +135,46 @@ class MaskAEConfig(PreTrainedConfig):
                 raise ConfigError("decoder='transformer' needs decoder_layers >= 1, e.g. decoder_layers=2.")
         if self.layer_chunk_tokens is not None and self.layer_chunk_tokens < 0:
             raise ConfigError(f"layer_chunk_tokens={self.layer_chunk_tokens} must be >= 0 (0 turns chunking off).")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"unknown objective {self.objective!r}; use one of {', '.join(OBJECTIVES)}.")
         if self.decoder == "linear" and self.bottleneck == "sentence":
             raise ConfigError("bottleneck='sentence' needs a decoder with attention; use decoder='transformer'.")
         wanted = self.split_layer + self.decoder_layers
         if wanted != total:
             self.base_config = with_num_layers(base, wanted)
         self.tie_word_embeddings = bool(getattr(self.base_config, "tie_word_embeddings", True))
+        if self.objective == "rtd":
+            self._check_rtd()
+
+    def _check_rtd(self) -> None:
+        """Checks the RTD keys and writes their defaults out, so that a saved config rebuilds the same generator."""
+        base = self.base_config
+        if self.bottleneck == "sentence":
+            raise ConfigError("objective='rtd' labels every token, which a sentence bottleneck's decoder cannot see; "
+                              "use no bottleneck or bottleneck='projection'.")
+        missing = [key for key in GENERATOR_KEYS if not hasattr(base, key)]
+        if missing:
+            raise ConfigError(f"objective='rtd' builds a narrower generator of the backbone's family, but a "
+                              f"{type(base).__name__} has no {missing[0]}; use a BERT-, RoBERTa-, ELECTRA- or "
+                              "ModernBERT-style backbone.")
+        for key in ("generator_hidden_size", "generator_layers"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"{key}={value} must be at least 1, or None for the default.")
+        if self.rtd_weight <= 0:
+            raise ConfigError(f"rtd_weight={self.rtd_weight} must be positive (ELECTRA uses 50).")
+        self.generator_hidden_size = self.generator_hidden_size or max(32, self.hidden_size // 4)
+        self.generator_layers = self.generator_layers or num_layers(base)
+
+    def generator_base_config(self) -> PreTrainedConfig:
+        """The stock config of the RTD generator: the backbone's family, narrower (heads of 64 dimensions
+        where the width allows, a feed-forward block 4x wide)."""
+        width = self.generator_hidden_size
+        values = with_num_layers(self.base_config, self.generator_layers).to_dict()
+        values.update(hidden_size=width, num_attention_heads=max(1, width // 64), intermediate_size=4 * width)
+        config = type(self.base_config).from_dict(values)
+        config._attn_implementation = self.base_config._attn_implementation
+        return config
 
     @property
     def hidden_size(self) -> int:

@@ -22,7 +22,7 @@ from transformers.utils import cached_file
 from .backbones import BACKBONES, get_backbone
 from .configuration_maskae import num_layers
 from .errors import CheckpointError, ConfigError, DataError, TokenizerError
-from .modeling_maskae import MaskAEForMaskedLM, MaskAEModel, pool
+from .modeling_maskae import MaskAEForMaskedLM, MaskAEForReplacedTokenDetection, MaskAEModel, pool
 from .whitening import Whitening
 
 POOLINGS = ("mean", "cls", "max", "none")
@@ -71,7 +71,7 @@ class Embedder:
         lowercase: bool = False,
         whitening: Whitening | None = None,
     ):
-        if isinstance(model, MaskAEForMaskedLM):
+        if isinstance(model, (MaskAEForMaskedLM, MaskAEForReplacedTokenDetection)):
             model = model.maskae
         self.model = model.eval()
         self.tokenizer = tokenizer

@@ -13,14 +13,14 @@ from pathlib import Path
 from transformers import PreTrainedTokenizerBase
 
 from .errors import ExportError
-from .modeling_maskae import MaskAEForMaskedLM, MaskAEModel
+from .modeling_maskae import MaskAEForMaskedLM, MaskAEForReplacedTokenDetection, MaskAEModel
 from .whitening import Whitening
 
 PARTS = ("full", "encoder")
 
 
 def export_stock(
-    model: MaskAEForMaskedLM | MaskAEModel,
+    model: MaskAEForMaskedLM | MaskAEForReplacedTokenDetection | MaskAEModel,
     out_dir: str | Path,
     part: str = "full",
     tokenizer: PreTrainedTokenizerBase | None = None,
@@ -38,11 +38,12 @@ def export_stock(
                 "a projection bottleneck has no stock equivalent; export part='encoder' of the unprojected "
                 "encoder is not the code, so save it with save_pretrained (trust_remote_code) instead."
             )
-        encoder = model.maskae if isinstance(model, MaskAEForMaskedLM) else model
+        encoder = model if isinstance(model, MaskAEModel) else model.maskae
         encoder.backbone.save_pretrained(out)
     else:
         if not isinstance(model, MaskAEForMaskedLM):
-            raise ExportError("part='full' needs a MaskAEForMaskedLM; a MaskAEModel only has the encoder.")
+            raise ExportError(f"part='full' needs a MaskAEForMaskedLM (a stock {adapter.mlm_class}); a "
+                              f"{type(model).__name__} has no stock equivalent; export part='encoder'.")
         if config.bottleneck is not None:
             raise ExportError(
                 f"a {config.bottleneck} bottleneck has no stock {adapter.mlm_class} equivalent; export "

@@ -76,7 +76,7 @@ def save_for_hub(
         raise ExportError(f"unknown stock export {stock!r}; use 'full', 'encoder', or None for maskae's own format.")
     if stock != "encoder" and not isinstance(model, MaskAEForMaskedLM):
         raise ExportError(
-            "only a MaskAEForMaskedLM can be shared whole; share a MaskAEModel with stock='encoder' instead."
+            f"only a MaskAEForMaskedLM can be shared whole; share a {type(model).__name__} with stock='encoder' instead."
         )
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
@@ -149,7 +149,7 @@ def model_card(
         model_name=model_name,
         eval_results=results or None,
     )
-    encoder = model.maskae if isinstance(model, MaskAEForMaskedLM) else model
+    encoder = model if isinstance(model, MaskAEModel) else model.maskae
     encoder_parameters = sum(p.numel() for p in encoder.parameters())
     decoder_parameters = None
     if isinstance(model, MaskAEForMaskedLM) and layout != "encoder":

@@ -41,18 +41,36 @@ def _device_of(model: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def masked_lm_metrics(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
-    """Accuracy, loss and perplexity over the labelled positions of already-noised batches."""
+    """Accuracy, loss and perplexity over the labelled positions of already-noised batches; for a
+    replaced-token detection model (whose figures above are its generator's), also the detector's
+    accuracy and binary cross-entropy over all real tokens (`replaced_accuracy`, `replaced_loss`)."""
     was_training = model.training
     model.eval()
-    metric, device = load_masked_accuracy(), _device_of(model)
-    for batch in batches:
-        batch = {key: value.to(device) for key, value in batch.items()}
-        logits, labels = target_logits(model(**batch).logits, batch["labels"])
-        losses = F.cross_entropy(logits.float(), labels, reduction="none")
-        metric.add_batch(predictions=logits.argmax(-1).tolist(), references=labels.tolist(), losses=losses.tolist())
+    metric, detection, device = load_masked_accuracy(), None, _device_of(model)
+    # A model that samples (the RTD generator) draws the same samples at every evaluation, from a fixed
+    # seed, and leaves the training run's random state as it was.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(0)
+        for batch in batches:
+            batch = {key: value.to(device) for key, value in batch.items()}
+            output = model(**batch)
+            logits, labels = target_logits(output.logits, batch["labels"])
+            losses = F.cross_entropy(logits.float(), labels, reduction="none")
+            metric.add_batch(predictions=logits.argmax(-1).tolist(), references=labels.tolist(), losses=losses.tolist())
+            if getattr(output, "replaced_labels", None) is not None:
+                detection = detection or load_masked_accuracy()
+                real = batch["attention_mask"].bool()
+                logits, labels = output.replaced_logits[real].float(), output.replaced_labels[real]
+                losses = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+                detection.add_batch(predictions=(logits > 0).long().tolist(), references=labels.long().tolist(),
+                                    losses=losses.tolist())
     model.train(was_training)
     result = metric.compute()
-    return {"masked_accuracy": result["accuracy"], "masked_loss": result["loss"], "perplexity": result["perplexity"]}
+    results = {"masked_accuracy": result["accuracy"], "masked_loss": result["loss"], "perplexity": result["perplexity"]}
+    if detection is not None:
+        detected = detection.compute()
+        results.update(replaced_accuracy=detected["accuracy"], replaced_loss=detected["loss"])
+    return results
 
 
 @torch.no_grad()

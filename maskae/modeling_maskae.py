@@ -40,6 +40,23 @@ class MaskAEModelOutput(ModelOutput):
 
 
 @dataclass
+class MaskAEReplacedTokenOutput(ModelOutput):
+    """loss: the generator's MLM loss + `rtd_weight` x the detection loss (with labels).
+    logits: the generator's vocabulary logits (at the targets only, with labels), so that masked
+        accuracy and pseudo-perplexity measure the generator.
+    replaced_logits: [batch, seq], the detector's logit that each token was replaced.
+    replaced_labels: [batch, seq], 1.0 where the generator's sample differs from the original (with labels).
+    code: the encoder's code of the text the detector read."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    replaced_logits: torch.Tensor | None = None
+    replaced_labels: torch.Tensor | None = None
+    code: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
 class MaskAEMaskedLMOutput(ModelOutput):
     """loss: mean cross-entropy over the targets (0.0 when a batch has none).
     logits: [batch, seq, vocab], or [num_targets, vocab] under sparse prediction with labels; None
@@ -81,6 +98,7 @@ class MaskAEPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_attention_backend = True
+    _fresh_modules: tuple[str, ...] = ()  # parameters that `from_backbone` initialises rather than loads
 
     def __init__(self, config: MaskAEConfig, *args, **kwargs):
         super().__init__(config, *args, **kwargs)
@@ -113,12 +131,84 @@ class MaskAEPreTrainedModel(PreTrainedModel):
         # The stock family's own initialisation (BERT's normal(0.02), ModernBERT's truncated normals, ...).
         self._stock_model()._init_weights(module)
 
+    def compile_layers(self, **compile_kwargs) -> None:
+        """torch.compile every transformer layer in place (state-dict keys unchanged). In packed training
+        each layer sees one shape, so it compiles once and its element-wise work (bias, activation,
+        residual, norm) is fused; the sparse top layer and the loss stay eager, since their shapes follow
+        the number of targets, which changes every step (a whole-model compile would recompile)."""
+        for layer in [*self.maskae.layers(), *self.decoder]:
+            layer.compile(**compile_kwargs)
+
+    @classmethod
+    def from_backbone(
+        cls,
+        name_or_path: str,
+        split_layer: int,
+        decoder: str = "layers",
+        decoder_layers: int | None = None,
+        bottleneck: str | None = None,
+        bottleneck_dim: int | None = None,
+        pooling: str = "mean",
+        **kwargs,
+    ) -> "MaskAEPreTrainedModel":
+        """Split a stock checkpoint (local directory or Hub id) at `split_layer`, reusing its weights, as
+        this class (a model that holds the encoder as `maskae`: MaskAEForMaskedLM, ...ForReplacedTokenDetection).
+
+        A checkpoint without an MLM head (e.g. a sentence-transformers `BertModel`) gets a fresh
+        head tied to its word embeddings. Extra `kwargs` go to the `MaskAEConfig`.
+        """
+        try:
+            stock_config = AutoConfig.from_pretrained(name_or_path)
+        except (OSError, ValueError) as error:
+            raise CheckpointError(
+                f"cannot load a model config from {name_or_path!r} ({error}); pass a directory with a "
+                "config.json or a Hub model id."
+            ) from None
+        adapter = get_backbone(stock_config)
+        total = num_layers(stock_config)
+        if not 1 <= split_layer <= total:
+            raise ConfigError(
+                f"split_layer={split_layer} is out of range for {name_or_path!r}, which has {total} layers; "
+                f"choose 1 <= split_layer <= {total}."
+            )
+        stock = AutoModelForMaskedLM.from_pretrained(name_or_path)
+        config = MaskAEConfig(
+            base_config=stock.config.to_dict(),
+            split_layer=split_layer,
+            decoder=decoder,
+            decoder_layers=decoder_layers if decoder == "transformer" else None,
+            bottleneck=bottleneck,
+            bottleneck_dim=bottleneck_dim,
+            pooling=pooling,
+            **kwargs,
+        )
+        model = cls(config)
+        kept = model.state_dict()
+        state = {}
+        for key, value in stock.state_dict().items():
+            new_key = adapter.maskae_key(key, split_layer)
+            if decoder == "transformer" and new_key and new_key.startswith("decoder."):
+                continue  # a transformer decoder starts fresh, not from the backbone's upper layers
+            if new_key in kept and kept[new_key].shape == value.shape:
+                state[new_key] = value
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        fresh = ("decoder.", "maskae.down.", "up.") if decoder == "transformer" else ("maskae.down.", "up.")
+        fresh += cls._fresh_modules
+        not_loaded = [k for k in missing if not k.startswith(fresh) and k not in model.all_tied_weights_keys]
+        if not_loaded:
+            raise CheckpointError(
+                f"{name_or_path!r} lacks weights that maskae expected ({', '.join(not_loaded[:3])}...); "
+                "the checkpoint may be truncated or of another architecture."
+            )
+        model.tie_weights()
+        return model.to(stock.dtype)
+
 
 class MaskAEModel(MaskAEPreTrainedModel):
     """The encoder: stock embeddings and the first `split_layer` layers, plus the bottleneck's way down."""
 
     # Loading a full MaskAEForMaskedLM checkpoint as the encoder alone leaves these out, by design.
-    _keys_to_ignore_on_load_unexpected = [r"^decoder\.", r"^head\.", r"^up\."]
+    _keys_to_ignore_on_load_unexpected = [r"^decoder\.", r"^head\.", r"^up\.", r"^generator\.", r"^discriminator_head\."]
 
     def __init__(self, config: MaskAEConfig):
         super().__init__(config)
@@ -292,14 +382,6 @@ class MaskAEForMaskedLM(MaskAEPreTrainedModel):
         )
         return output if return_dict is not False else output.to_tuple()
 
-    def compile_layers(self, **compile_kwargs) -> None:
-        """torch.compile every transformer layer in place (state-dict keys unchanged). In packed training
-        each layer sees one shape, so it compiles once and its element-wise work (bias, activation,
-        residual, norm) is fused; the sparse top layer and the loss stay eager, since their shapes follow
-        the number of targets, which changes every step (a whole-model compile would recompile)."""
-        for layer in [*self.maskae.layers(), *self.decoder]:
-            layer.compile(**compile_kwargs)
-
     def _fused_loss_applies(self, hidden: torch.Tensor) -> bool:
         """The fused loss computes gradients as it goes, in fp32: only for a training step."""
         return (
@@ -310,64 +392,123 @@ class MaskAEForMaskedLM(MaskAEPreTrainedModel):
             and not torch.is_autocast_enabled(hidden.device.type)
         )
 
-    @classmethod
-    def from_backbone(
-        cls,
-        name_or_path: str,
-        split_layer: int,
-        decoder: str = "layers",
-        decoder_layers: int | None = None,
-        bottleneck: str | None = None,
-        bottleneck_dim: int | None = None,
-        pooling: str = "mean",
-        **kwargs,
-    ) -> "MaskAEForMaskedLM":
-        """Split a stock checkpoint (local directory or Hub id) at `split_layer`, reusing its weights.
 
-        A checkpoint without an MLM head (e.g. a sentence-transformers `BertModel`) gets a fresh
-        head tied to its word embeddings. Extra `kwargs` go to the `MaskAEConfig`.
-        """
-        try:
-            stock_config = AutoConfig.from_pretrained(name_or_path)
-        except (OSError, ValueError) as error:
-            raise CheckpointError(
-                f"cannot load a model config from {name_or_path!r} ({error}); pass a directory with a "
-                "config.json or a Hub model id."
-            ) from None
-        adapter = get_backbone(stock_config)
-        total = num_layers(stock_config)
-        if not 1 <= split_layer <= total:
-            raise ConfigError(
-                f"split_layer={split_layer} is out of range for {name_or_path!r}, which has {total} layers; "
-                f"choose 1 <= split_layer <= {total}."
-            )
-        stock = AutoModelForMaskedLM.from_pretrained(name_or_path)
-        config = MaskAEConfig(
-            base_config=stock.config.to_dict(),
-            split_layer=split_layer,
-            decoder=decoder,
-            decoder_layers=decoder_layers if decoder == "transformer" else None,
-            bottleneck=bottleneck,
-            bottleneck_dim=bottleneck_dim,
-            pooling=pooling,
-            **kwargs,
+def sample_tokens(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """One token id per row of `logits` [rows, vocab], drawn from its softmax by the inverse CDF at
+    `uniforms` [rows] in [0, 1)."""
+    cdf = torch.softmax(logits.float(), dim=-1).cumsum(dim=-1)
+    drawn = torch.searchsorted(cdf, (uniforms * cdf[:, -1]).unsqueeze(-1)).squeeze(-1)
+    return drawn.clamp_(max=logits.shape[-1] - 1)  # rounding can leave the last CDF value below 1
+
+
+class ReplacedTokenHead(nn.Module):
+    """ELECTRA's discriminator head: dense, GELU, one logit per token."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.dense_prediction = nn.Linear(hidden_size, 1)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.dense_prediction(F.gelu(self.dense(hidden))).squeeze(-1)
+
+
+class MaskAEForReplacedTokenDetection(MaskAEPreTrainedModel):
+    """ELECTRA's objective (Clark et al. 2020) on a split encoder.
+
+        masked ids ──▶ generator (small MLM) ──▶ samples at the masked positions ──▶ corrupted ids
+        corrupted ids ──▶ encoder ──▶ code ──▶ (bottleneck) ──▶ decoder layers ──▶ head ──▶ replaced?
+
+    Every token of the corrupted text carries a training signal, not only the masked 15%: the reason
+    ELECTRA is the most sample-efficient objective for small models. The encoder (`maskae`) is the same
+    `MaskAEModel` as under MLM, so embed, evaluate, whitening and the encoder export use it unchanged.
+    The generator's samples come from the process's torch RNG, as dropout does: a resumed run repeats
+    them exactly, and runs on other process counts agree in distribution.
+    """
+
+    _fresh_modules = ("generator.", "discriminator_head.")
+
+    def __init__(self, config: MaskAEConfig):
+        if config.objective != "rtd":
+            raise ConfigError(f"MaskAEForReplacedTokenDetection needs objective='rtd', not {config.objective!r}.")
+        super().__init__(config)
+        adapter = get_backbone(config.base_config)
+        self.maskae = MaskAEModel(config)
+        self.decoder = nn.ModuleList(
+            adapter.make_layer(config.base_config, config.split_layer + i) for i in range(config.decoder_layers)
         )
-        model = cls(config)
-        kept = model.state_dict()
-        state = {}
-        for key, value in stock.state_dict().items():
-            new_key = adapter.maskae_key(key, split_layer)
-            if decoder == "transformer" and new_key and new_key.startswith("decoder."):
-                continue  # a transformer decoder starts fresh, not from the backbone's upper layers
-            if new_key in kept and kept[new_key].shape == value.shape:
-                state[new_key] = value
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        fresh = ("decoder.", "maskae.down.", "up.") if decoder == "transformer" else ("maskae.down.", "up.")
-        not_loaded = [k for k in missing if not k.startswith(fresh) and k not in model.all_tied_weights_keys]
-        if not_loaded:
-            raise CheckpointError(
-                f"{name_or_path!r} lacks weights that maskae expected ({', '.join(not_loaded[:3])}...); "
-                "the checkpoint may be truncated or of another architecture."
-            )
-        model.tie_weights()
-        return model.to(stock.dtype)
+        self.up = nn.Linear(config.bottleneck_dim, config.hidden_size) if config.bottleneck == "projection" else None
+        self.discriminator_head = ReplacedTokenHead(config.hidden_size)
+        self.generator = MaskAEForMaskedLM(MaskAEConfig(
+            base_config=config.generator_base_config(), decoder="linear", sparse_prediction=True,
+            fused_loss=False, layer_chunk_tokens=config.layer_chunk_tokens,  # sampling needs the logits
+        ))
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.maskae.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.maskae.set_input_embeddings(value)
+
+    def detect(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        token_type_ids: torch.Tensor | None,
+        output_hidden_states: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """(replaced logits [batch, seq], code, hidden states) for the text `input_ids`."""
+        adapter = self.backbone_adapter
+        hidden, states, context = self.maskae.run(input_ids, attention_mask, token_type_ids,
+                                                  output_hidden_states=output_hidden_states)
+        code = self.maskae.encode(hidden, attention_mask)
+        if self.up is not None:
+            hidden = self.up(code)
+        for layer in self.decoder:
+            hidden = self.run_layer(layer, hidden, context)
+            if output_hidden_states:
+                states.append(hidden)
+        if adapter.final_norm and len(self.decoder):
+            hidden = getattr(self.maskae.backbone, adapter.final_norm)(hidden)
+            if output_hidden_states:
+                states[-1] = hidden
+        return self.discriminator_head(hidden), code, states
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MaskAEReplacedTokenOutput | tuple:
+        r"""
+        labels: original ids at the masked positions of `input_ids`, -100 elsewhere. With labels the
+            generator fills those positions with its samples and the detector reads the result; without,
+            the detector reads `input_ids` as they are.
+        """
+        want_states = bool(output_hidden_states)
+        generated = self.generator(input_ids, attention_mask=attention_mask, labels=labels, token_type_ids=token_type_ids)
+        loss = replaced = None
+        text = input_ids
+        if labels is not None:
+            targets = labels != IGNORE_INDEX
+            original = torch.where(targets, labels, input_ids)
+            with torch.no_grad():
+                uniforms = torch.rand(int(targets.sum()), device=input_ids.device)
+                text = original.masked_scatter(targets, sample_tokens(generated.logits.detach(), uniforms))
+            replaced = (text != original).float()
+        replaced_logits, code, states = self.detect(text, attention_mask, token_type_ids, want_states)
+        if replaced is not None:
+            weights = torch.ones_like(replaced) if attention_mask is None else attention_mask.to(replaced.dtype)
+            detection = F.binary_cross_entropy_with_logits(replaced_logits.float(), replaced, weight=weights,
+                                                           reduction="sum") / weights.sum().clamp(min=1)
+            loss = generated.loss + self.config.rtd_weight * detection
+        output = MaskAEReplacedTokenOutput(
+            loss=loss, logits=generated.logits, replaced_logits=replaced_logits, replaced_labels=replaced,
+            code=code, hidden_states=tuple(states) if want_states else None,
+        )
+        return output if return_dict is not False else output.to_tuple()

@@ -56,6 +56,16 @@ class ModelArgs:
     )
     bottleneck_dim: int | None = option(None, "bottleneck='projection' only: width of the code")
     pooling: str = option("mean", "how the sentence bottleneck pools tokens", choices=("mean", "cls"))
+    objective: str = option(
+        "mlm", "what the decoder learns: mlm reconstructs the masked tokens; rtd (ELECTRA's replaced-token "
+        "detection) trains a small generator to fill them and the decoder to tell, for every token, whether "
+        "it was replaced", choices=("mlm", "rtd"),
+    )
+    generator_hidden_size: int | None = option(
+        None, "objective=rtd only: width of the generator (empty: a quarter of the hidden size, at least 32)"
+    )
+    generator_layers: int | None = option(None, "objective=rtd only: depth of the generator (empty: the whole stack's)")
+    rtd_weight: float = option(50.0, "objective=rtd only: weight of the detection loss against the generator's loss")
 
 
 @dataclass
@@ -432,6 +442,9 @@ def validate(recipe: Recipe) -> None:
             f"data.block_size ({data.block_size}) exceeds model.max_position_embeddings "
             f"({model.max_position_embeddings}); lower the block size or raise the position table."
         )
+    if model.objective == "rtd" and recipe.growth.stages:
+        raise ConfigError("growth.stages cannot grow a model.objective=rtd model (its generator is sized from the "
+                          "whole stack); leave growth.stages empty or use objective mlm.")
     if model.backbone is None and recipe.tokenizer.path is None and recipe.tokenizer.train is None:
         raise ConfigError(
             "a from-scratch model needs a tokenizer: set tokenizer.path, or tokenizer.train (e.g. "

@@ -59,7 +59,7 @@ from .embeddings import Embedder
 from .errors import CheckpointError, ConfigError, DataError, MaskAEError, StorageError, TokenizerError, cause
 from .integrity import damage, directory_records, file_record
 from .mlm_metrics import masked_lm_metrics, pseudo_perplexity
-from .modeling_maskae import MaskAEForMaskedLM
+from .modeling_maskae import MaskAEForMaskedLM, MaskAEForReplacedTokenDetection
 from .noise import IGNORE_INDEX
 from .recipe import Recipe
 from .run_logs import read_log
@@ -186,11 +186,16 @@ def build_tokenizer(recipe: Recipe, output_dir: Path, accelerator: Accelerator) 
     return AutoTokenizer.from_pretrained(saved)
 
 
-def build_model(recipe: Recipe, tokenizer: PreTrainedTokenizerBase) -> MaskAEForMaskedLM:
-    """A MaskAE model split from a stock checkpoint, or built from scratch at the recipe's size."""
+def build_model(recipe: Recipe, tokenizer: PreTrainedTokenizerBase) -> MaskAEForMaskedLM | MaskAEForReplacedTokenDetection:
+    """A MaskAE model split from a stock checkpoint, or built from scratch at the recipe's size; its class
+    follows model.objective."""
     args = recipe.model
+    model_class = MaskAEForReplacedTokenDetection if args.objective == "rtd" else MaskAEForMaskedLM
     extra = {"sparse_prediction": recipe.training.sparse_prediction, "fused_loss": recipe.training.fused_loss,
-             "layer_chunk_tokens": recipe.training.layer_chunk_tokens}
+             "layer_chunk_tokens": recipe.training.layer_chunk_tokens, "objective": args.objective}
+    if args.objective == "rtd":
+        extra.update(generator_hidden_size=args.generator_hidden_size, generator_layers=args.generator_layers,
+                     rtd_weight=args.rtd_weight)
     if recipe.noise.decoder_mask_prob is not None:
         extra["decoder_mask_prob"] = recipe.noise.decoder_mask_prob
     split = dict(decoder=args.decoder, decoder_layers=args.decoder_layers, bottleneck=args.bottleneck,
@@ -200,7 +205,7 @@ def build_model(recipe: Recipe, tokenizer: PreTrainedTokenizerBase) -> MaskAEFor
         if split_layer is None:
             total = num_layers(AutoConfig.from_pretrained(args.backbone))
             split_layer = total if args.decoder == "linear" else total // 2
-        model = MaskAEForMaskedLM.from_backbone(args.backbone, split_layer, **split, **extra)
+        model = model_class.from_backbone(args.backbone, split_layer, **split, **extra)
         if len(tokenizer) > model.config.vocab_size:
             raise TokenizerError(
                 f"the tokenizer has {len(tokenizer)} tokens but backbone {args.backbone!r} has only "
@@ -217,7 +222,7 @@ def build_model(recipe: Recipe, tokenizer: PreTrainedTokenizerBase) -> MaskAEFor
         except ValueError as error:
             raise ConfigError(f"model.architecture={args.architecture!r} is not a known model type ({error}); "
                               "use e.g. bert, roberta or modernbert.") from None
-        model = MaskAEForMaskedLM(MaskAEConfig(base_config=stock, split_layer=args.split_layer, **split, **extra))
+        model = model_class(MaskAEConfig(base_config=stock, split_layer=args.split_layer, **split, **extra))
     if args.dropout is not None:
         set_dropout(model, args.dropout)
     return model

@@ -22,7 +22,7 @@ from transformers import AutoTokenizer
 from ..errors import CheckpointError, ConfigError
 from ..export_sentence_transformers import POOLINGS, save_sentence_transformer
 from ..hub import metric_records, save_for_hub
-from ..modeling_maskae import MaskAEForMaskedLM
+from ..modeling_maskae import MaskAEForMaskedLM, MaskAEForReplacedTokenDetection
 
 logger = logging.getLogger(__name__)
 
@@ -102,8 +102,14 @@ def run(args: argparse.Namespace) -> int:
                           "--sentence-transformers, or drop them.")
     if not (args.model / "config.json").is_file():
         raise CheckpointError(f"{args.model} has no config.json; pass the directory that `maskae train` wrote.")
+    model_class = MaskAEForMaskedLM
+    if _objective(args.model) == "rtd":
+        if not args.encoder_only:
+            raise ConfigError(f"{args.model} was trained with objective rtd, whose replaced-token head has no stock or "
+                              "fill-mask equivalent; share its encoder with --encoder-only.")
+        model_class = MaskAEForReplacedTokenDetection
     try:
-        model = MaskAEForMaskedLM.from_pretrained(args.model)
+        model = model_class.from_pretrained(args.model)
     except (OSError, ValueError, SafetensorError) as error:
         raise CheckpointError(f"cannot load a MaskAE model from {args.model} ({error}); pass a maskae model directory.") from None
     tokenizer = _tokenizer(args)
@@ -124,6 +130,14 @@ def run(args: argparse.Namespace) -> int:
         )
     print(f"wrote {out}; upload it with: maskae push {out} --repo-id ORG/NAME")
     return 0
+
+
+def _objective(model_dir: Path) -> str:
+    try:
+        return json.loads((model_dir / "config.json").read_text()).get("objective", "mlm")
+    except (OSError, ValueError, AttributeError) as error:
+        raise CheckpointError(f"{model_dir / 'config.json'} is unreadable ({error}); pass the directory that "
+                              "`maskae train` wrote.") from None
 
 
 def _run_sentence_transformers(args: argparse.Namespace) -> int:
