@@ -25,7 +25,7 @@ from sklearn.metrics.pairwise import paired_cosine_distances
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-from transformers import AutoModelForMaskedLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForMaskedLM, AutoModelForPreTraining, AutoTokenizer
 
 from .collator import DataCollatorForDenoising
 from .data import load_corpus, tokenize_and_pack
@@ -378,7 +378,9 @@ def evaluate_mlm(
     if limit is not None:
         blocks = blocks.select(range(min(limit, len(blocks))))
     try:
-        lm = AutoModelForMaskedLM.from_pretrained(str(model))
+        # An RTD model scores its generator (masked figures) and its detector (replaced_accuracy).
+        rtd = getattr(AutoConfig.from_pretrained(str(model)), "objective", "mlm") == "rtd"
+        lm = (AutoModelForPreTraining if rtd else AutoModelForMaskedLM).from_pretrained(str(model))
     except (OSError, ValueError) as error:
         raise CheckpointError(f"cannot load a masked-LM model from {str(model)!r} ({error}); pass a model directory.") from None
     config = lm.config

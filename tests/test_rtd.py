@@ -13,7 +13,10 @@ from transformers import AutoModel, AutoModelForPreTraining, BertConfig, BertMod
 
 from conftest import max_abs_diff, read_log, weights
 from maskae import Embedder, MaskAEConfig, MaskAEForReplacedTokenDetection, export_stock, pretraining
+from maskae.cli import main
+from maskae.data import default_corpus
 from maskae.errors import ConfigError, ExportError
+from maskae.evaluation import evaluate_mlm
 from maskae.finetuning import prepare_encoder
 from maskae.modeling_maskae import IGNORE_INDEX, sample_tokens
 from maskae.recipe import validate
@@ -121,7 +124,7 @@ def test_a_family_without_the_generator_keys_is_refused():
         MaskAEConfig(base_config=base, split_layer=1, objective="rtd")
 
 
-def test_rtd_recipe_is_reproducible_resumes_exactly_and_fine_tunes_its_encoder(tmp_path, small_tokenizer):
+def test_rtd_recipe_is_reproducible_resumes_exactly_and_its_encoder_is_usable(tmp_path, small_tokenizer, capsys):
     recipe = tiny_recipe(small_tokenizer, "model.objective=rtd", "training.max_steps=12", "training.save_steps=4",
                          "training.pseudo_perplexity_blocks=0", "training.whiten_at_end=40")
     results = pretraining.train(recipe, tmp_path / "a")
@@ -142,6 +145,14 @@ def test_rtd_recipe_is_reproducible_resumes_exactly_and_fine_tunes_its_encoder(t
     assert BertModel.from_pretrained(encoder.checkpoint).config.num_hidden_layers == recipe.model.split_layer
     with pytest.raises(ConfigError, match="drop --whole-stack"):
         prepare_encoder(tmp_path / "a", tmp_path / "whole", whole_stack=True)
+
+    scored = evaluate_mlm(tmp_path / "a", default_corpus("validation"), block_size=32, limit=8, pseudo_blocks=1)
+    assert 0.5 < scored["replaced_accuracy"] <= 1 and scored["pseudo_perplexity"] > 1
+
+    assert main(["export", str(tmp_path / "a"), "--out", str(tmp_path / "hub")]) == 2
+    assert "share its encoder with --encoder-only" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "a"), "--out", str(tmp_path / "hub"), "--encoder-only"]) == 0
+    assert BertModel.from_pretrained(tmp_path / "hub").config.num_hidden_layers == recipe.model.split_layer
 
 
 def test_rtd_with_growth_is_refused(small_tokenizer):
