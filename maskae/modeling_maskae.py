@@ -69,6 +69,16 @@ class MaskAEMaskedLMOutput(ModelOutput):
     hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
+def check_objective(model_class: type, config: MaskAEConfig) -> None:
+    """A config trained for another objective (e.g. an RTD checkpoint loaded as a masked LM) is refused:
+    its weights would not fit, and the missing head would silently start random."""
+    if config.objective != model_class._objective:
+        other = "MaskAEForReplacedTokenDetection (AutoModelForPreTraining)" if config.objective == "rtd" else \
+            "MaskAEForMaskedLM (AutoModelForMaskedLM)"
+        raise ConfigError(f"this model was configured for objective={config.objective!r}; load it with {other}, "
+                          "or its encoder alone with MaskAEModel (AutoModel).")
+
+
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, how: str) -> torch.Tensor:
     """Mean over real tokens, or the first token."""
     if how == "cls":
@@ -99,6 +109,7 @@ class MaskAEPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_attention_backend = True
     _fresh_modules: tuple[str, ...] = ()  # parameters that `from_backbone` initialises rather than loads
+    _objective: str | None = None  # the config's `objective` that this class trains (None: any)
 
     def __init__(self, config: MaskAEConfig, *args, **kwargs):
         super().__init__(config, *args, **kwargs)
@@ -165,6 +176,8 @@ class MaskAEPreTrainedModel(PreTrainedModel):
                 "config.json or a Hub model id."
             ) from None
         adapter = get_backbone(stock_config)
+        if cls._objective is not None:
+            kwargs.setdefault("objective", cls._objective)
         total = num_layers(stock_config)
         if not 1 <= split_layer <= total:
             raise ConfigError(
@@ -284,7 +297,10 @@ class MaskAEModel(MaskAEPreTrainedModel):
 class MaskAEForMaskedLM(MaskAEPreTrainedModel):
     """Encoder + decoder + stock MLM head, trained to reconstruct the clean tokens from a noisy input."""
 
+    _objective = "mlm"
+
     def __init__(self, config: MaskAEConfig):
+        check_objective(type(self), config)
         adapter = get_backbone(config.base_config)
         head_key = f"head.{adapter.head_output}"
         self._tied_weights_keys = {f"{head_key}.weight": f"maskae.backbone.{adapter.word_embeddings}.weight"}
@@ -427,10 +443,10 @@ class MaskAEForReplacedTokenDetection(MaskAEPreTrainedModel):
     """
 
     _fresh_modules = ("generator.", "discriminator_head.")
+    _objective = "rtd"
 
     def __init__(self, config: MaskAEConfig):
-        if config.objective != "rtd":
-            raise ConfigError(f"MaskAEForReplacedTokenDetection needs objective='rtd', not {config.objective!r}.")
+        check_objective(type(self), config)
         super().__init__(config)
         adapter = get_backbone(config.base_config)
         self.maskae = MaskAEModel(config)

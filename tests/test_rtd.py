@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 from torch.nn import functional as F
-from transformers import AutoModel, AutoModelForPreTraining, BertConfig, BertModel, DistilBertConfig
+from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForPreTraining, BertConfig, BertModel, DistilBertConfig
 
-from conftest import max_abs_diff, read_log, weights
+from conftest import max_abs_diff, read_log, tiny_stock, weights
 from maskae import Embedder, MaskAEConfig, MaskAEForReplacedTokenDetection, export_stock, pretraining
 from maskae.cli import main
 from maskae.data import default_corpus
@@ -104,6 +104,25 @@ def test_encoder_is_the_same_maskae_model_for_embed_automodel_and_stock_export(t
     with pytest.raises(ExportError, match="part='encoder'"):
         export_stock(model, tmp_path / "full", part="full")
     assert torch.equal(Embedder(model, tokenizer=None, max_length=32).model(ids).code, code)
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "modernbert"])
+def test_split_from_a_stock_checkpoint_keeps_its_encoder_and_trains_a_fresh_generator(family, tmp_path):
+    stock = tiny_stock(family).eval()
+    stock.save_pretrained(tmp_path / "stock")
+    model = MaskAEForReplacedTokenDetection.from_backbone(str(tmp_path / "stock"), split_layer=2).eval()
+    assert model.config.objective == "rtd"
+    ids = torch.tensor([[2, 10, 11, 12, 13, 14, 3]])
+    reference = stock(ids, output_hidden_states=True).hidden_states[2]
+    assert torch.allclose(model.maskae(ids).code, reference, atol=1e-5)
+    model.train()(**masked_batch()).loss.backward()  # ids below 50 of the stock model's 99
+    assert model.generator.maskae.get_input_embeddings().weight.grad.abs().sum() > 0
+
+
+def test_loading_an_rtd_checkpoint_as_a_masked_lm_is_refused(tmp_path):
+    tiny_rtd().save_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match="load it with MaskAEForReplacedTokenDetection"):
+        AutoModelForMaskedLM.from_pretrained(tmp_path)
 
 
 @pytest.mark.parametrize("kwargs, message", [
