@@ -144,8 +144,9 @@ def test_a_family_without_the_generator_keys_is_refused():
 
 
 def test_rtd_recipe_is_reproducible_resumes_exactly_and_its_encoder_is_usable(tmp_path, small_tokenizer, capsys):
-    recipe = tiny_recipe(small_tokenizer, "model.objective=rtd", "training.max_steps=12", "training.save_steps=4",
-                         "training.pseudo_perplexity_blocks=0", "training.whiten_at_end=40")
+    recipe = tiny_recipe(small_tokenizer, "training.max_steps=12", "training.save_steps=4",
+                         "training.pseudo_perplexity_blocks=0", "training.whiten_at_end=40", name="electra-wikitext2.yaml")
+    assert recipe.model.objective == "rtd"
     results = pretraining.train(recipe, tmp_path / "a")
     pretraining.train(recipe, tmp_path / "b")
     assert max_abs_diff(weights(tmp_path / "a"), weights(tmp_path / "b")) == 0  # bit for bit
