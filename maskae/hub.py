@@ -45,6 +45,7 @@ KNOWN_METRICS = {
     "masked_accuracy": ("fill-mask", "accuracy", "Masked-token accuracy"),
     "pseudo_perplexity": ("fill-mask", "perplexity", "Pseudo-perplexity"),
     "perplexity": ("fill-mask", "perplexity", "Masked-token perplexity"),
+    "replaced_accuracy": ("token-classification", "accuracy", "Replaced-token detection accuracy"),
     "sts_spearman": ("sentence-similarity", "spearmanr", "STS Spearman correlation"),
     "probe_accuracy": ("text-classification", "accuracy", "Linear-probe accuracy"),
 }
@@ -178,6 +179,8 @@ def model_card(
             if config.bottleneck == "sentence"
             else f"one {config.code_dim}-dim vector per token ([batch, seq, {config.code_dim}])"
         ),
+        objective=config.objective,
+        rtd_weight=f"{config.rtd_weight:g}",
         stock_mlm_class=encoder.backbone_adapter.mlm_class,
         stock_base_class=type(encoder.backbone).__name__,
         noise=_yaml(recipe.get("noise")) if recipe else None,

@@ -173,6 +173,9 @@ def test_rtd_recipe_is_reproducible_resumes_exactly_and_its_encoder_is_usable(tm
     assert "share its encoder with --encoder-only" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "a"), "--out", str(tmp_path / "hub"), "--encoder-only"]) == 0
     assert BertModel.from_pretrained(tmp_path / "hub").config.num_hidden_layers == recipe.model.split_layer
+    card = (tmp_path / "hub" / "README.md").read_text()
+    assert "ELECTRA's discriminator" in card and "Replaced-token detection accuracy" in card
+    assert "trained to reconstruct" not in card
 
 
 def test_rtd_with_growth_is_refused(small_tokenizer):
