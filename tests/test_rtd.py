@@ -17,6 +17,7 @@ from maskae.cli import main
 from maskae.data import default_corpus
 from maskae.errors import ConfigError, ExportError
 from maskae.evaluation import evaluate_mlm
+from maskae.mlm_metrics import masked_lm_metrics
 from maskae.finetuning import prepare_encoder
 from maskae.modeling_maskae import IGNORE_INDEX, sample_tokens
 from maskae.recipe import validate
@@ -77,6 +78,15 @@ def test_detector_labels_exactly_the_replaced_tokens_and_loss_is_electras():
                  * mask).sum() / mask.sum()
     generator_loss = F.cross_entropy(output.logits, batch["labels"][targets])
     assert output.loss.item() == pytest.approx((generator_loss + 50 * detection).item(), rel=1e-5)
+
+
+def test_evaluation_scores_the_same_samples_and_leaves_the_training_rng_alone():
+    model = tiny_rtd()
+    state = torch.get_rng_state()
+    first = masked_lm_metrics(model, [masked_batch(0), masked_batch(1)])
+    assert torch.equal(torch.get_rng_state(), state)
+    assert masked_lm_metrics(model, [masked_batch(0), masked_batch(1)]) == first
+    assert {"masked_accuracy", "replaced_accuracy", "replaced_loss"} <= first.keys()
 
 
 def test_generator_defaults_are_written_into_the_config():
