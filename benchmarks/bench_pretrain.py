@@ -83,6 +83,10 @@ ROWS: dict[str, dict] = {
     # ELECTRA's settings: 15% of the tokens, all [MASK] for the generator, a generator a quarter as wide
     "replaced-token detection (ELECTRA)": {"set": ["model.objective=rtd", "noise.mask_prob=0.15",
                                                    "noise.mask_token_frac=1.0", "noise.random_token_frac=0.0"]},
+    # the 32-wide generator above stays at the unigram: a generator half as wide as the detector
+    "replaced-token detection, generator 64 wide": {"set": [
+        "model.objective=rtd", "model.generator_hidden_size=64", "noise.mask_prob=0.15",
+        "noise.mask_token_frac=1.0", "noise.random_token_frac=0.0"]},
 }
 WARMUP_SHARE = 100 / 1200  # the tiny recipe's warm-up share
 CALIBRATION_STEPS = (3, 13)  # time steps 3..13 of a row's configuration (the first steps warm caches up)
