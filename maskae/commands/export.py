@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 from safetensors import SafetensorError
-from transformers import AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
 from ..errors import CheckpointError, ConfigError
 from ..export_sentence_transformers import POOLINGS, save_sentence_transformer
@@ -134,9 +134,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _objective(model_dir: Path) -> str:
     try:
-        return json.loads((model_dir / "config.json").read_text()).get("objective", "mlm")
-    except (OSError, ValueError, AttributeError) as error:
-        raise CheckpointError(f"{model_dir / 'config.json'} is unreadable ({error}); pass the directory that "
+        return getattr(AutoConfig.from_pretrained(model_dir), "objective", "mlm")
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"cannot read the config in {model_dir} ({error}); pass the directory that "
                               "`maskae train` wrote.") from None
 
 
