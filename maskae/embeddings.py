@@ -22,7 +22,7 @@ from transformers.utils import cached_file
 from .backbones import BACKBONES, get_backbone
 from .configuration_maskae import num_layers
 from .errors import CheckpointError, ConfigError, DataError, TokenizerError
-from .modeling_maskae import MaskAEForMaskedLM, MaskAEForReplacedTokenDetection, MaskAEModel, pool
+from .modeling_maskae import MaskAEModel, MaskAEPreTrainedModel, pool
 from .whitening import Whitening
 
 POOLINGS = ("mean", "cls", "max", "none")
@@ -71,8 +71,8 @@ class Embedder:
         lowercase: bool = False,
         whitening: Whitening | None = None,
     ):
-        if isinstance(model, (MaskAEForMaskedLM, MaskAEForReplacedTokenDetection)):
-            model = model.maskae
+        if isinstance(model, MaskAEPreTrainedModel):
+            model = model.get_encoder()
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.lowercase = lowercase

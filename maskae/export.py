@@ -13,14 +13,14 @@ from pathlib import Path
 from transformers import PreTrainedTokenizerBase
 
 from .errors import ExportError
-from .modeling_maskae import MaskAEForMaskedLM, MaskAEForReplacedTokenDetection, MaskAEModel
+from .modeling_maskae import MaskAEForMaskedLM, MaskAEPreTrainedModel
 from .whitening import Whitening
 
 PARTS = ("full", "encoder")
 
 
 def export_stock(
-    model: MaskAEForMaskedLM | MaskAEForReplacedTokenDetection | MaskAEModel,
+    model: MaskAEPreTrainedModel,
     out_dir: str | Path,
     part: str = "full",
     tokenizer: PreTrainedTokenizerBase | None = None,
@@ -38,8 +38,7 @@ def export_stock(
                 "a projection bottleneck has no stock equivalent; export part='encoder' of the unprojected "
                 "encoder is not the code, so save it with save_pretrained (trust_remote_code) instead."
             )
-        encoder = model if isinstance(model, MaskAEModel) else model.maskae
-        encoder.backbone.save_pretrained(out)
+        model.get_encoder().backbone.save_pretrained(out)
     else:
         if not isinstance(model, MaskAEForMaskedLM):
             raise ExportError(f"part='full' needs a MaskAEForMaskedLM (a stock {adapter.mlm_class}); a "
@@ -61,7 +60,7 @@ def export_stock(
     return out
 
 
-def saved_whitening(model: MaskAEForMaskedLM | MaskAEModel) -> Whitening | None:
+def saved_whitening(model: MaskAEPreTrainedModel) -> Whitening | None:
     """The whitening stored beside the checkpoint `model` was loaded from, if its config records one."""
     if not getattr(model.config, "whitening", None) or not model.name_or_path:
         return None

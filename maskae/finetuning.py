@@ -239,7 +239,7 @@ def prepare_encoder(model: str | Path, workdir: str | Path, layer: int | None = 
         raise CheckpointError(f"cannot load a model and tokenizer from {str(model)!r} ({error}); pass a model directory or Hub id.") from None
     checkpoint = str(model)
     if config.model_type == "maskae":
-        if whole_stack and getattr(config, "objective", "mlm") != "mlm":
+        if whole_stack and config.objective != "mlm":
             raise ConfigError(f"{str(model)!r} was trained with objective={config.objective!r}, whose decoder has no "
                               "stock equivalent to fine-tune; drop --whole-stack to fine-tune its encoder.")
         loader = MaskAEForMaskedLM if whole_stack else AutoModel

@@ -24,7 +24,7 @@ from transformers import PreTrainedTokenizerBase
 
 from .errors import CheckpointError, ConfigError, ExportError, MaskAEError, cause
 from .export import export_stock, saved_whitening
-from .modeling_maskae import MaskAEForMaskedLM, MaskAEModel
+from .modeling_maskae import MaskAEForMaskedLM, MaskAEPreTrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ KNOWN_METRICS = {
 
 
 def save_for_hub(
-    model: MaskAEForMaskedLM | MaskAEModel,
+    model: MaskAEPreTrainedModel,
     out_dir: str | Path,
     tokenizer: PreTrainedTokenizerBase | None = None,
     metrics: Iterable[Mapping[str, Any] | EvalResult] | None = None,
@@ -125,7 +125,7 @@ def save_for_hub(
 
 
 def model_card(
-    model: MaskAEForMaskedLM | MaskAEModel,
+    model: MaskAEPreTrainedModel,
     layout: str,
     results: list[EvalResult],
     datasets: list[str],
@@ -150,7 +150,7 @@ def model_card(
         model_name=model_name,
         eval_results=results or None,
     )
-    encoder = model if isinstance(model, MaskAEModel) else model.maskae
+    encoder = model.get_encoder()
     encoder_parameters = sum(p.numel() for p in encoder.parameters())
     decoder_parameters = None
     if isinstance(model, MaskAEForMaskedLM) and layout != "encoder":

@@ -142,6 +142,19 @@ class MaskAEPreTrainedModel(PreTrainedModel):
         # The stock family's own initialisation (BERT's normal(0.02), ModernBERT's truncated normals, ...).
         self._stock_model()._init_weights(module)
 
+    # The methods below are for the models that hold the encoder as `maskae`; MaskAEModel, the encoder
+    # itself, overrides the first three.
+    def get_encoder(self, modality: str | None = None) -> "MaskAEModel":
+        """The encoder (embeddings, the first `split_layer` layers and the bottleneck's way down): what
+        embed, whitening and the encoder export use, whatever the objective."""
+        return self.maskae
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.maskae.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.maskae.set_input_embeddings(value)
+
     def compile_layers(self, **compile_kwargs) -> None:
         """torch.compile every transformer layer in place (state-dict keys unchanged). In packed training
         each layer sees one shape, so it compiles once and its element-wise work (bias, activation,
@@ -232,6 +245,9 @@ class MaskAEModel(MaskAEPreTrainedModel):
         self.down = nn.Linear(config.hidden_size, config.bottleneck_dim) if config.bottleneck == "projection" else None
         self.post_init()
 
+    def get_encoder(self, modality: str | None = None) -> "MaskAEModel":
+        return self
+
     def get_input_embeddings(self) -> nn.Module:
         return self.backbone.get_input_embeddings()
 
@@ -314,12 +330,6 @@ class MaskAEForMaskedLM(MaskAEPreTrainedModel):
         self.up = nn.Linear(config.bottleneck_dim, config.hidden_size) if config.bottleneck == "projection" else None
         self.head = adapter.build_head(config.base_config)
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.maskae.get_input_embeddings()
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        self.maskae.set_input_embeddings(value)
 
     def get_output_embeddings(self) -> nn.Module:
         return self.head.get_submodule(self.backbone_adapter.head_output)
@@ -460,12 +470,6 @@ class MaskAEForReplacedTokenDetection(MaskAEPreTrainedModel):
             fused_loss=False, layer_chunk_tokens=config.layer_chunk_tokens,  # sampling needs the logits
         ))
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.maskae.get_input_embeddings()
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        self.maskae.set_input_embeddings(value)
 
     def detect(
         self,
