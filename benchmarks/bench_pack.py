@@ -31,7 +31,7 @@ def main() -> None:
         from datasets.utils.logging import disable_progress_bar
         from transformers import AutoTokenizer
 
-        from maskae.data import load_corpus, tokenize_and_pack
+        from maskae.data.corpus import load_corpus, tokenize_and_pack
 
         disable_progress_bar()
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)

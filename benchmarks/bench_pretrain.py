@@ -8,7 +8,7 @@ downstream figures:
 - STS-B test Spearman x100 of the code's mean-pooled vectors, raw and whitened (the whitening fitted on
   lines of the row's own training corpus: no labels, no test text);
 - SST-2 validation accuracy x100 of a logistic-regression probe on frozen vectors, 100 and 1,000 labels;
-- SST-2 validation accuracy x100 after fine-tuning the encoder on 1,000 labels (`maskae.finetuning`), and
+- SST-2 validation accuracy x100 after fine-tuning the encoder on 1,000 labels (`maskae.evaluation.finetuning`), and
   the same network from random initialisation under the same protocol.
 
 The budget is CPU seconds of the training process (`time.process_time`), not wall-clock time, so that other
@@ -37,10 +37,10 @@ from pathlib import Path
 
 import torch
 
-from maskae.data import build_corpus_folder, corpus_texts, default_corpus
-from maskae.recipe import load_recipe
-from maskae.tokenization import train_tokenizer
-from maskae.training import Trainer
+from maskae.data.corpus import build_corpus_folder, corpus_texts, default_corpus
+from maskae.data.tokenization import train_tokenizer
+from maskae.training.recipe import load_recipe
+from maskae.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -172,10 +172,12 @@ def slug(name: str) -> str:
 
 def score_row(model_dir: Path, corpus: str | None, seeds: int, whiten_lines: int) -> dict:
     """The downstream figures of one trained row (see the module docstring)."""
-    from maskae.embeddings import Embedder
-    from maskae.evaluation import probe_accuracy, probe_pool, read_labelled, read_sts, sts_spearman
-    from maskae.finetuning import evaluate_finetune
-    from maskae.whitening import fit_whitening
+    from maskae.embeddings.embedder import Embedder
+    from maskae.embeddings.embedder import fit_whitening
+    from maskae.evaluation.finetuning import evaluate_finetune
+    from maskae.evaluation.probes import probe_accuracy, probe_pool
+    from maskae.evaluation.sts import sts_spearman
+    from maskae.evaluation.tasks import read_labelled, read_sts
 
     embedder = Embedder.from_pretrained(model_dir)
     first, second, gold = read_sts(DATA / "stsb" / "test.tsv")

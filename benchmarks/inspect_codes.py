@@ -21,8 +21,8 @@ from sklearn.metrics import roc_auc_score
 from transformers import AutoConfig, AutoModelForPreTraining, AutoTokenizer
 
 from maskae import DataCollatorForDenoising, Embedder, NoiseConfig
-from maskae.data import default_corpus, load_corpus, tokenize_and_pack
-from maskae.evaluation import read_labelled
+from maskae.data.corpus import default_corpus, load_corpus, tokenize_and_pack
+from maskae.evaluation.tasks import read_labelled
 from maskae.modeling_maskae import IGNORE_INDEX
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -1,58 +1,81 @@
-"""maskae: masked text autoencoders on any transformer encoder, split at layer N."""
+"""maskae: masked text autoencoders on any transformer encoder, split at layer N.
 
-from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForPreTraining
+The public names load on first use (PEP 562), so that `maskae --help` and `import maskae.errors` stay
+light; the first one that needs the model registers MaskAE with transformers' Auto classes
+(`auto_registration`).
+"""
 
-from .collator import DataCollatorForDenoising
-from .configuration_maskae import MaskAEConfig
-from .errors import (
-    CheckpointError,
-    ConfigError,
-    DataError,
-    ExportError,
-    MaskAEError,
-    TokenizerError,
-    UnsupportedBackboneError,
-)
-from .export import export_stock
-from .export_sentence_transformers import save_sentence_transformer
-from .hub import save_for_hub
-from .embeddings import Embedder, embed
-from .whitening import Whitening, fit_whitening
-from .modeling_maskae import MaskAEForMaskedLM, MaskAEForReplacedTokenDetection, MaskAEModel, MaskAEPreTrainedModel
-from .noise import NoiseConfig
+from __future__ import annotations
 
-AutoConfig.register("maskae", MaskAEConfig, exist_ok=True)
-AutoModel.register(MaskAEConfig, MaskAEModel, exist_ok=True)
-AutoModelForMaskedLM.register(MaskAEConfig, MaskAEForMaskedLM, exist_ok=True)
-AutoModelForPreTraining.register(MaskAEConfig, MaskAEForReplacedTokenDetection, exist_ok=True)
-# save_pretrained / push_to_hub then ship the model code and an auto_map (trust_remote_code without maskae).
-MaskAEConfig.register_for_auto_class()
-MaskAEModel.register_for_auto_class("AutoModel")
-MaskAEForMaskedLM.register_for_auto_class("AutoModelForMaskedLM")
-MaskAEForReplacedTokenDetection.register_for_auto_class("AutoModelForPreTraining")
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "DataCollatorForDenoising",
-    "NoiseConfig",
-    "CheckpointError",
-    "ConfigError",
-    "DataError",
-    "ExportError",
-    "MaskAEConfig",
-    "MaskAEError",
-    "MaskAEForMaskedLM",
-    "MaskAEForReplacedTokenDetection",
-    "MaskAEModel",
-    "MaskAEPreTrainedModel",
-    "TokenizerError",
-    "export_stock",
-    "save_sentence_transformer",
-    "save_for_hub",
-    "Embedder",
-    "embed",
-    "Whitening",
-    "fit_whitening",
-    "UnsupportedBackboneError",
-]
+# public name -> module that defines it
+_EXPORTS = {
+    "MaskAEConfig": "configuration_maskae",
+    "MaskAEForMaskedLM": "modeling_maskae",
+    "MaskAEForReplacedTokenDetection": "modeling_maskae",
+    "MaskAEModel": "modeling_maskae",
+    "MaskAEPreTrainedModel": "modeling_maskae",
+    "CheckpointError": "errors",
+    "ConfigError": "errors",
+    "DataError": "errors",
+    "ExportError": "errors",
+    "MaskAEError": "errors",
+    "TokenizerError": "errors",
+    "UnsupportedBackboneError": "errors",
+    "DataCollatorForDenoising": "data.collator",
+    "NoiseConfig": "data.noise_config",
+    "Embedder": "embeddings.embedder",
+    "embed": "embeddings.embedder",
+    "Whitening": "embeddings.whitening",
+    "fit_whitening": "embeddings.embedder",
+    "export_stock": "export.stock",
+    "save_for_hub": "export.hub",
+    "save_sentence_transformer": "export.sentence_transformers",
+}
+__all__ = list(_EXPORTS)
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'maskae' has no attribute {name!r}")
+    module = _EXPORTS[name]
+    if module != "errors":
+        from .auto_registration import register_auto_classes
+
+        register_auto_classes()
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+if TYPE_CHECKING:
+    from .configuration_maskae import MaskAEConfig
+    from .data.collator import DataCollatorForDenoising
+    from .data.noise_config import NoiseConfig
+    from .embeddings.embedder import Embedder, embed, fit_whitening
+    from .embeddings.whitening import Whitening
+    from .errors import (
+        CheckpointError,
+        ConfigError,
+        DataError,
+        ExportError,
+        MaskAEError,
+        TokenizerError,
+        UnsupportedBackboneError,
+    )
+    from .export.hub import save_for_hub
+    from .export.sentence_transformers import save_sentence_transformer
+    from .export.stock import export_stock
+    from .modeling_maskae import (
+        MaskAEForMaskedLM,
+        MaskAEForReplacedTokenDetection,
+        MaskAEModel,
+        MaskAEPreTrainedModel,
+    )

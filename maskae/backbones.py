@@ -106,7 +106,9 @@ class DistilBertMLMHead(nn.Module):
 class ModernBertMLMHead(nn.Module):
     def __init__(self, config: PreTrainedConfig):
         super().__init__()
-        from transformers.models.modernbert.modeling_modernbert import ModernBertPredictionHead
+        from transformers.models.modernbert.modeling_modernbert import (
+            ModernBertPredictionHead,
+        )
 
         self.head = ModernBertPredictionHead(config)
         self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=config.decoder_bias)
@@ -121,7 +123,9 @@ class ModernBertMLMHead(nn.Module):
 class ElectraMLMHead(nn.Module):
     def __init__(self, config: PreTrainedConfig):
         super().__init__()
-        from transformers.models.electra.modeling_electra import ElectraGeneratorPredictions
+        from transformers.models.electra.modeling_electra import (
+            ElectraGeneratorPredictions,
+        )
 
         self.generator_predictions = ElectraGeneratorPredictions(config)
         self.generator_lm_head = nn.Linear(config.embedding_size, config.vocab_size)

@@ -14,8 +14,8 @@ import pkgutil
 import sys
 
 from . import commands
-from .console import quiet_library_bars
 from .errors import MaskAEError
+from .utils.console import quiet_library_bars
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,7 +15,7 @@ from .errors import ConfigError
 
 DECODERS = ("layers", "linear", "transformer")
 BOTTLENECKS = ("projection", "sentence")
-POOLINGS = ("mean", "cls")
+BOTTLENECK_POOLINGS = ("mean", "cls")  # how the sentence bottleneck pools its one vector
 OBJECTIVES = ("mlm", "rtd")
 GENERATOR_KEYS = ("hidden_size", "num_attention_heads", "intermediate_size")  # what a narrower generator rewrites
 
@@ -111,8 +111,8 @@ class MaskAEConfig(PreTrainedConfig):
             )
         if self.bottleneck == "projection" and not (self.bottleneck_dim and self.bottleneck_dim > 0):
             raise ConfigError("bottleneck='projection' needs a positive bottleneck_dim, e.g. bottleneck_dim=64.")
-        if self.pooling not in POOLINGS:
-            raise ConfigError(f"unknown pooling {self.pooling!r}; use one of {', '.join(POOLINGS)}.")
+        if self.pooling not in BOTTLENECK_POOLINGS:
+            raise ConfigError(f"unknown pooling {self.pooling!r}; use one of {', '.join(BOTTLENECK_POOLINGS)}.")
         if self.decoder == "layers":
             limit = total if self.decoder_layers is None else self.split_layer + self.decoder_layers
             if not 1 <= self.split_layer <= limit:

@@ -1,8 +1,13 @@
-"""Shared fixtures: tiny random stock models of each family, the real all-MiniLM-L6-v2, shared data."""
+"""Shared helpers and fixtures: tiny random stock models of each family and their tokenizer, shrunken recipes,
+a run killed mid-training, the real all-MiniLM-L6-v2, shared data. No test module imports another."""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +19,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from transformers import (  # noqa: E402
     BertConfig,
+    BertTokenizerFast,
     BertForMaskedLM,
     DistilBertConfig,
     DistilBertForMaskedLM,
@@ -22,6 +28,9 @@ from transformers import (  # noqa: E402
     RobertaConfig,
     RobertaForMaskedLM,
 )
+
+from maskae.training.checkpoints import complete_checkpoints  # noqa: E402
+from maskae.training.recipe import load_recipe  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
@@ -88,8 +97,8 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def small_tokenizer(tmp_path_factory) -> Path:
     """A 200-token WordPiece tokenizer learned on the packaged corpus, shared by the training tests."""
-    from maskae.data import default_corpus
-    from maskae.tokenization import train_tokenizer
+    from maskae.data.corpus import default_corpus
+    from maskae.data.tokenization import train_tokenizer
 
     path = tmp_path_factory.mktemp("tokenizer")
     train_tokenizer(default_corpus("train"), vocab_size=200, out_dir=path)
@@ -129,3 +138,58 @@ def read_log(path: Path) -> list[dict]:
     import json
 
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# ---------------------------------------------------------------- tokenizers and saved models
+
+
+def tiny_tokenizer(path):
+    """A 99-word WordPiece tokenizer matching the tiny stock models' vocabulary size."""
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(94)]
+    (path / "vocab.txt").write_text("\n".join(words) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(path / "vocab.txt"))
+    tokenizer.save_pretrained(path)
+    return tokenizer
+
+
+@pytest.fixture
+def tiny_bert_dir(tmp_path):
+    tiny_stock("bert").save_pretrained(tmp_path)
+    tiny_tokenizer(tmp_path)
+    return tmp_path
+
+
+CORPUS = [f"w{i} w{(i * 7) % 90} w{(i * 3) % 50}" + " w5" * (i % 6) for i in range(11)]
+
+
+# ---------------------------------------------------------------- training runs
+
+
+SHRINK = [
+    "model.hidden_size=16", "model.num_layers=2", "model.split_layer=1", "model.num_heads=2",
+    "model.intermediate_size=32", "model.max_position_embeddings=32",
+    "data.block_size=32", "data.max_train_blocks=96", "data.max_eval_blocks=8",
+    "training.batch_size=8", "training.max_steps=12", "training.warmup_steps=2", "training.lr=3e-3",
+    "training.save_steps=4", "training.logging_steps=1", "training.eval_steps=null",
+    "training.pseudo_perplexity_blocks=1", "training.eval_batch_size=8", "training.save_total_limit=null",
+]
+
+
+def tiny_recipe(tokenizer: Path | None, *overrides: str, name: str = "tiny-wikitext2.yaml"):
+    extra = [f"tokenizer.path={tokenizer}", "tokenizer.train=null"] if tokenizer else []
+    return load_recipe(RECIPES / name, [*SHRINK, *extra, *overrides])
+
+
+def train_until_killed(recipe, output_dir: Path, count: int) -> None:
+    """`maskae train` in a subprocess, SIGKILLed as soon as `count` complete checkpoints exist."""
+    recipe_file = output_dir.with_suffix(".yaml")
+    recipe.save(recipe_file)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "maskae", "train", str(recipe_file), "--output-dir",
+                                str(output_dir)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while (len(complete_checkpoints(output_dir)) < count and process.poll() is None
+           and time.monotonic() < deadline):
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"

@@ -19,16 +19,15 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+from conftest import RECIPES, SHRINK, tiny_stock, tiny_tokenizer
 from transformers import AutoTokenizer
 
-from conftest import RECIPES, tiny_stock
-from maskae import MaskAEForMaskedLM, training
+from maskae import MaskAEForMaskedLM
 from maskae.cli import main
-from maskae.data import default_corpus
-from maskae.run_lock import RunLock
-from maskae.tokenization import train_tokenizer
-from test_embeddings import tiny_tokenizer
-from test_training import SHRINK
+from maskae.data.corpus import default_corpus
+from maskae.data.tokenization import train_tokenizer
+from maskae.training import checkpoints
+from maskae.utils.run_lock import RunLock
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerator_state")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -69,7 +68,7 @@ def ws(tmp_path_factory) -> Path:
     run = root / "run"  # what an earlier `maskae train` left: a complete checkpoint and a log
     (run / "checkpoint-4").mkdir(parents=True)
     (run / "checkpoint-4" / "model.safetensors").write_bytes(b"weights")
-    (run / "checkpoint-4" / training.COMPLETE_MARKER).write_text(
+    (run / "checkpoint-4" / checkpoints.COMPLETE_MARKER).write_text(
         json.dumps({"step": 4, "files": {"model.safetensors": {"size": 99, "sha256": "0" * 64}}}))
     (run / "log.jsonl").write_text('{"step": 1, "loss": 5.0}\n')
     lines = default_corpus("train").read_text(encoding="utf-8").splitlines()[:300]
@@ -349,5 +348,5 @@ def test_crlf_bom_recipe_and_corpus_train(ws: Path, tmp_path):
     argv = ["train", str(recipe), "--output-dir", str(tmp_path / "run"),
             *[a for s in [*sets, f"tokenizer.path={ws / 'tokenizer'}", f"data.train={corpus}"] for a in ("--set", s)]]
     assert main(argv) == 0
-    assert training.latest_checkpoint(tmp_path / "run").name == "checkpoint-2"
+    assert checkpoints.latest_checkpoint(tmp_path / "run").name == "checkpoint-2"
     assert (tmp_path / "run" / "model.safetensors").is_file()

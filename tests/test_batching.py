@@ -9,11 +9,11 @@ from datasets import Dataset
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer
 
+from conftest import tiny_recipe
 from maskae import DataCollatorForDenoising, NoiseConfig
-from maskae.batching import StepBatchSampler, TaggedRows
-from maskae.noise import IGNORE_INDEX, KeyedRandom
-from maskae.training import Trainer
-from test_training import tiny_recipe
+from maskae.data.noise import IGNORE_INDEX, KeyedRandom
+from maskae.data.sampling import StepBatchSampler, TaggedRows
+from maskae.training.trainer import Trainer
 
 NOISES = {
     "tokens": NoiseConfig(mask_prob=0.3),

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, DataCollatorForLanguageModeling
 
 from maskae import DataCollatorForDenoising, NoiseConfig, TokenizerError
-from maskae.noise import IGNORE_INDEX
+from maskae.data.noise import IGNORE_INDEX
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",

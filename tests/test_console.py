@@ -12,12 +12,12 @@ import textwrap
 
 import pytest
 import torch
+from conftest import RECIPES
 from safetensors.torch import load_file, load_model
 from transformers import AutoTokenizer
 
-from conftest import RECIPES
-from maskae.recipe import load_recipe
-from maskae.training import build_model
+from maskae.training.recipe import load_recipe
+from maskae.training.trainer import build_model
 
 OVERRIDES = [
     "model.hidden_size=16", "model.num_layers=2", "model.split_layer=1", "model.num_heads=2",
@@ -30,10 +30,11 @@ FAIL_AT_STEP = 3
 # Runs `maskae train` with an error injected into the third training step (after checkpoint-2 was written).
 CHILD = f"""
 import sys
-import maskae.console
-from maskae import MaskAEError, training
+import maskae.utils.console
+from maskae import MaskAEError
+from maskae.training import trainer as training
 if sys.argv[1] == "terminal":
-    maskae.console.is_terminal = lambda: True  # draw the tqdm bar although stderr is a pipe
+    maskae.utils.console.is_terminal = lambda: True  # draw the tqdm bar although stderr is a pipe
 step = training.Trainer.training_step
 def failing_step(self, batch):
     if self.state.step + 1 == {FAIL_AT_STEP}:

@@ -10,7 +10,12 @@ from datasets import Dataset, DatasetDict, IterableDataset
 from transformers import AutoTokenizer
 
 from maskae import ConfigError, DataError
-from maskae.data import default_corpus, iter_packed, load_corpus, tokenize_and_pack
+from maskae.data.corpus import (
+    default_corpus,
+    iter_packed,
+    load_corpus,
+    tokenize_and_pack,
+)
 
 DOCS = ["First document about lobsters .", "Second one , a bit longer than the first document .", "Third ."]
 
@@ -166,7 +171,7 @@ def test_block_size_errors(tokenizer):
 
 def test_streamed_csv_names_a_missing_column(tmp_path):
     """A streamed csv only learns its columns from its first row; the error must still name them."""
-    from maskae.data import load_corpus
+    from maskae.data.corpus import load_corpus
 
     path = tmp_path / "labelled.csv"
     path.write_text("sentence,label\nhello world,1\n")

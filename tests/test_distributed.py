@@ -11,10 +11,10 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import RECIPES, max_abs_diff, read_log, weights
-from maskae import pretraining
-from maskae.recipe import load_recipe
+
+from maskae.training import run as pretraining
+from maskae.training.recipe import load_recipe
 
 SHRINK = [
     "model.hidden_size=16", "model.num_layers=2", "model.split_layer=1", "model.num_heads=2",
@@ -87,14 +87,14 @@ def test_two_processes_match_one(tmp_path, small_tokenizer):
 
 
 def test_the_readme_cpu_launch_command_starts_two_processes(tmp_path, small_tokenizer):
-    """The `accelerate launch` line that the README prints for CPU users, run as printed (plus a shrunken recipe
+    """The `accelerate launch` line that the docs/recipes.md prints for CPU users, run as printed (plus a shrunken recipe
     and an output directory): it must really start two processes, which `--cpu --num_processes 2` does not."""
     import re
     import shlex
 
     from conftest import REPO
 
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "recipes.md").read_text()
     [line] = re.findall(r"^(ACCELERATE_USE_CPU=true accelerate launch .+ -m maskae train \S+)$", readme, re.MULTILINE)
     assignment, *command = shlex.split(line)
     name, value = assignment.split("=")

@@ -8,9 +8,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from transformers import AutoModel, AutoTokenizer, BertTokenizerFast
+from transformers import AutoModel, AutoTokenizer
 
 import maskae
+from conftest import CORPUS, tiny_tokenizer
 from maskae import ConfigError, DataError, Embedder, MaskAEForMaskedLM, embed
 from maskae.cli import main
 
@@ -139,15 +140,6 @@ def test_empty_input_raises(minilm):
         minilm.embed(["fine", None])
 
 
-def tiny_tokenizer(path):
-    """A 99-word WordPiece tokenizer matching the tiny stock models' vocabulary size."""
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(94)]
-    (path / "vocab.txt").write_text("\n".join(words) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(path / "vocab.txt"))
-    tokenizer.save_pretrained(path)
-    return tokenizer
-
-
 TINY_TEXTS = ["w1 w2 w3 w4 w5 w6 w7 w8", "w9 w10", "w11 w12 w13 w14 w15", "w90"]
 
 
@@ -185,15 +177,6 @@ def test_other_architectures_fall_back_to_hidden_states(tmp_path):
         np.testing.assert_allclose(got, reference.amax(1).numpy(), atol=ATOL, rtol=0)
 
 
-@pytest.fixture
-def tiny_bert_dir(tmp_path):
-    from conftest import tiny_stock
-
-    tiny_stock("bert").save_pretrained(tmp_path)
-    tiny_tokenizer(tmp_path)
-    return tmp_path
-
-
 @pytest.mark.parametrize("bottleneck", [None, "projection", "sentence"])
 def test_maskae_default_is_the_code(tiny_bert_dir, tmp_path, bottleneck):
     extra = {"decoder": "transformer", "decoder_layers": 1} if bottleneck == "sentence" else {}
@@ -226,9 +209,6 @@ def test_loaded_model_with_its_tokenizer(tiny_bert_dir):
     model = AutoModel.from_pretrained(tiny_bert_dir)
     from_model = embed(model, TINY_TEXTS, layer=3, pooling="cls")
     np.testing.assert_allclose(from_model, embed(tiny_bert_dir, TINY_TEXTS, layer=3, pooling="cls"), atol=ATOL, rtol=0)
-
-
-CORPUS = [f"w{i} w{(i * 7) % 90} w{(i * 3) % 50}" + " w5" * (i % 6) for i in range(11)]
 
 
 def test_cli_writes_npy_in_chunks_equal_to_embed(tiny_bert_dir, tmp_path):

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import TINY
 from scipy.stats import spearmanr
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score
@@ -24,19 +25,16 @@ from transformers import BertConfig, BertForMaskedLM, BertTokenizer
 
 from maskae import ConfigError, DataError, MaskAEForMaskedLM
 from maskae.cli import main
-from maskae.embeddings import embed
-from maskae.evaluation import (
+from maskae.embeddings.embedder import embed
+from maskae.evaluation.probes import probe_accuracy
+from maskae.evaluation.sts import (
     evaluate_sts,
     lsa_embeddings,
-    parse_budgets,
     pca_embeddings,
-    probe_accuracy,
-    read_sts,
     sts_spearman,
 )
-from maskae.plotting import plot_embedding_map, project_2d
-
-from conftest import TINY
+from maskae.evaluation.tasks import parse_budgets, read_sts
+from maskae.utils.plotting import plot_embedding_map, project_2d
 
 CODE_DIM = 8
 
@@ -265,8 +263,8 @@ def test_minilm_sts_matches_sentence_transformers(minilm_path, shared_data):
 
 
 def test_cli_mlm_matches_direct_computation(tiny_model, shared_data, tmp_path, capsys):
-    from maskae.collator import DataCollatorForDenoising
-    from maskae.data import load_corpus, tokenize_and_pack
+    from maskae.data.collator import DataCollatorForDenoising
+    from maskae.data.corpus import load_corpus, tokenize_and_pack
 
     corpus = tmp_path / "corpus.txt"
     with open(shared_data / "sst2" / "validation.tsv", encoding="utf-8") as handle:

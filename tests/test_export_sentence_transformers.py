@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_stock
 from huggingface_hub import ModelCard
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import BertConfig, PreTrainedTokenizerFast
@@ -22,10 +23,8 @@ from transformers import BertConfig, PreTrainedTokenizerFast
 import maskae
 from maskae import ExportError, MaskAEConfig, MaskAEForMaskedLM, Whitening
 from maskae.cli import main
-from maskae.export_sentence_transformers import save_sentence_transformer
-from maskae.hub import upload_operations
-
-from conftest import tiny_stock
+from maskae.export.push import upload_operations
+from maskae.export.sentence_transformers import save_sentence_transformer
 
 TEXTS = [
     "the cat sat on the mat",

@@ -12,14 +12,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY, weights
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
-from transformers import AutoModelForSequenceClassification, BertConfig, BertForMaskedLM, BertTokenizer
+from transformers import (
+    AutoModelForSequenceClassification,
+    BertConfig,
+    BertForMaskedLM,
+    BertTokenizer,
+)
 
-from conftest import TINY, weights
 from maskae import DataError, MaskAEForMaskedLM
-from maskae import finetuning as ft
 from maskae.cli import main
+from maskae.evaluation import finetuning as ft
 
 ROWS = 48  # training rows per task in the tiny copies of the GLUE tasks
 
@@ -99,14 +104,27 @@ def test_metrics_equal_sklearn_and_scipy():
 
 
 def test_task_specs_from_names_and_columns(glue_dir, tmp_path):
-    assert ft.task_spec(glue_dir / "stsb").regression and ft.task_spec(tmp_path / "STS-B") == ft.GLUE_TASKS["stsb"]
+    assert ft.task_spec(glue_dir / "stsb" / "train.tsv").regression
+    assert ft.task_spec(tmp_path / "STS-B" / "train.tsv") == ft.GLUE_TASKS["stsb"]
     custom = tmp_path / "para"
     custom.mkdir()
     (custom / "train.tsv").write_text("sentence1\tsentence2\tlabel\na\tb\tyes\n")
-    assert ft.task_spec(custom).text_columns == ("sentence1", "sentence2") and not ft.task_spec(custom).regression
+    spec = ft.task_spec(custom / "train.tsv")
+    assert spec.text_columns == ("sentence1", "sentence2") and not spec.regression
     (custom / "train.tsv").write_text("text\tlabel\na\t1\n")
     with pytest.raises(DataError, match="none of the known layouts"):
-        ft.task_spec(custom)
+        ft.task_spec(custom / "train.tsv")
+
+
+def test_a_task_is_given_as_a_directory_or_as_two_files(glue_dir, tmp_path):
+    """finetune takes --data and --eval-data the way probe does."""
+    task = glue_dir / "stsb"
+    assert ft.task_files(task) == (task / "train.tsv", task / "validation.tsv")
+    assert ft.task_files(task / "train.tsv", task / "validation.tsv") == (task / "train.tsv", task / "validation.tsv")
+    with pytest.raises(DataError, match="needs --eval-data"):
+        ft.task_files(task / "train.tsv")
+    with pytest.raises(DataError, match="has no train.tsv"):
+        ft.task_files(tmp_path)
 
 
 def test_random_init_baseline_starts_untrained(tiny_maskae, tmp_path):
@@ -181,7 +199,7 @@ def test_bad_inputs_give_one_readable_error(tiny_maskae, glue_dir, tmp_path, cap
 
 def test_regression_trains_on_standardised_scores_and_predicts_on_the_label_scale(tiny_maskae, glue_dir, short_schedule):
     encoder = ft.prepare_encoder(tiny_maskae, glue_dir.parent / "enc-stsb", layer=1)
-    train, _, _ = ft.read_task(glue_dir / "stsb", ft.GLUE_TASKS["stsb"])
+    train, _, _ = ft.read_task(glue_dir / "stsb" / "train.tsv", glue_dir / "stsb" / "validation.tsv", ft.GLUE_TASKS["stsb"])
     rows = ft.encode(encoder.tokenizer, train.texts)
     model = ft.build_classifier(encoder, 1, seed=0)
     standard = ft.predict(model, encoder.tokenizer, rows, regression=True)

@@ -10,12 +10,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForMaskedLM, BertConfig, DistilBertConfig, ModernBertConfig, get_scheduler
-
 from conftest import RECIPES, read_log, weights
-from maskae import MaskAEConfig, MaskAEForMaskedLM, pretraining, training
+from transformers import (
+    AutoModelForMaskedLM,
+    BertConfig,
+    DistilBertConfig,
+    ModernBertConfig,
+    get_scheduler,
+)
+
+from maskae import MaskAEConfig, MaskAEForMaskedLM
 from maskae.errors import ConfigError
-from maskae.growth import (
+from maskae.training import run as pretraining
+from maskae.training import trainer as training
+from maskae.training.growth import (
     GrowthTrainer,
     check_growth,
     encoder_layers,
@@ -23,7 +31,7 @@ from maskae.growth import (
     set_encoder_depth,
     stage_starts,
 )
-from maskae.recipe import load_recipe
+from maskae.training.recipe import load_recipe
 
 SHRINK = [
     "model.hidden_size=16", "model.num_layers=4", "model.split_layer=2", "model.num_heads=2",
@@ -61,7 +69,7 @@ def layer_state(layer: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def optimizer_and_scheduler(model, recipe):
-    optimizer = training.build_optimizer(model, recipe, torch.device("cpu"))
+    optimizer = training.build_optimizer(model, torch.device("cpu"), **recipe.training.optimizer_settings())
     scheduler = get_scheduler("linear", optimizer, num_warmup_steps=2, num_training_steps=20)
     return optimizer, scheduler
 

@@ -16,16 +16,21 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import REPO, tiny_stock
 from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import AutoTokenizer, BertConfig, PreTrainedTokenizerFast, pipeline
 
-from maskae import ConfigError, ExportError, MaskAEConfig, MaskAEForMaskedLM, save_for_hub
+from maskae import (
+    ConfigError,
+    ExportError,
+    MaskAEConfig,
+    MaskAEForMaskedLM,
+    save_for_hub,
+)
 from maskae.cli import main
-from maskae.hub import AUTO_MAP, TAGS, TEMPLATE
-
-from conftest import REPO, tiny_stock
+from maskae.export.hub import AUTO_MAP, TAGS, TEMPLATE
 
 SENTENCES = [
     "the cat sat on the mat",

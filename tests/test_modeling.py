@@ -11,7 +11,14 @@ import torch
 from transformers import AutoModel, AutoModelForMaskedLM, BertConfig
 
 import maskae
-from maskae import ConfigError, ExportError, MaskAEConfig, MaskAEForMaskedLM, MaskAEModel, export_stock
+from maskae import (
+    ConfigError,
+    ExportError,
+    MaskAEConfig,
+    MaskAEForMaskedLM,
+    MaskAEModel,
+    export_stock,
+)
 
 ATOL = 1e-4
 

@@ -9,9 +9,9 @@ import torch
 from transformers import AutoTokenizer
 
 from maskae import ConfigError, DataCollatorForDenoising, NoiseConfig
-from maskae.collator import continuation_table
-from maskae.data import iter_packed
-from maskae.noise import (
+from maskae.data.collator import continuation_table
+from maskae.data.corpus import iter_packed
+from maskae.data.noise import (
     IGNORE_INDEX,
     delete_tokens,
     select_spans,

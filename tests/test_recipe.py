@@ -10,7 +10,13 @@ import yaml
 
 from maskae.cli import build_parser
 from maskae.errors import ConfigError
-from maskae.recipe import Recipe, all_keys, apply_override, load_recipe, recipe_from_dict
+from maskae.training.recipe import (
+    Recipe,
+    all_keys,
+    apply_override,
+    load_recipe,
+    recipe_from_dict,
+)
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 RECIPE_FILES = sorted(RECIPES.glob("*.yaml"))

@@ -17,15 +17,14 @@ import pytest
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+from conftest import CORPUS, RECIPES, max_abs_diff, tiny_recipe, weights
 
-from conftest import RECIPES, max_abs_diff, weights
-from maskae import pretraining, training
 from maskae.cli import main
-from maskae.data import default_corpus
+from maskae.data.corpus import default_corpus
 from maskae.errors import CheckpointError, StorageError
-from maskae.run_lock import RunLock, RunLockedError
-from test_embeddings import CORPUS, tiny_bert_dir  # noqa: F401  (a fixture)
-from test_training import tiny_recipe
+from maskae.training import run as pretraining
+from maskae.training import checkpoints
+from maskae.utils.run_lock import RunLock, RunLockedError
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
@@ -68,7 +67,7 @@ def test_two_fresh_training_runs_are_bit_identical(tmp_path):
 def test_resume_falls_back_past_a_truncated_checkpoint(tmp_path, small_tokenizer, caplog):
     recipe = tiny_recipe(small_tokenizer, "training.pseudo_perplexity_blocks=0")
     pretraining.train(recipe, tmp_path / "reference")
-    marker = json.loads((tmp_path / "reference" / "checkpoint-12" / training.COMPLETE_MARKER).read_text())
+    marker = json.loads((tmp_path / "reference" / "checkpoint-12" / checkpoints.COMPLETE_MARKER).read_text())
     assert marker["files"]["model.safetensors"]["size"] > 0 and len(marker["files"]["model.safetensors"]["sha256"]) == 64
 
     run = tmp_path / "run"  # a run killed right after writing checkpoint-12, which a full disk then cut short
@@ -81,7 +80,7 @@ def test_resume_falls_back_past_a_truncated_checkpoint(tmp_path, small_tokenizer
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("checkpoint-12 is damaged (model.safetensors has 100 bytes" in w and "resumes from checkpoint-8" in w
                for w in warnings), warnings
-    assert (run / "checkpoint-12.damaged").is_dir() and (run / "checkpoint-12" / training.COMPLETE_MARKER).is_file()
+    assert (run / "checkpoint-12.damaged").is_dir() and (run / "checkpoint-12" / checkpoints.COMPLETE_MARKER).is_file()
     assert max_abs_diff(weights(tmp_path / "reference"), weights(run)) == 0
 
 
@@ -119,7 +118,7 @@ def test_disk_full_while_checkpointing_keeps_the_previous_one(tmp_path, small_to
     message = str(error.value)
     assert "No space left on device" in message and "checkpoint-4 is intact" in message and "--resume" in message
     assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-4"]
-    assert not (run / training.LOCK_FILE).exists()
+    assert not (run / pretraining.LOCK_FILE).exists()
     monkeypatch.undo()
     AcceleratorState._reset_state(reset_partial_state=True)
     pretraining.train(recipe, run, resume=True)
@@ -161,7 +160,7 @@ def test_embed_disk_full_then_resume_and_damaged_chunk(tiny_bert_dir, tmp_path, 
 
 HOLDER = """
 import sys, time
-from maskae.run_lock import RunLock
+from maskae.utils.run_lock import RunLock
 with RunLock(sys.argv[1], "maskae train"):
     print("locked", flush=True)
     time.sleep(60)
@@ -169,7 +168,7 @@ with RunLock(sys.argv[1], "maskae train"):
 
 
 def test_a_live_run_keeps_a_second_one_out_and_a_dead_one_does_not(tmp_path, caplog):
-    lock = tmp_path / "run" / training.LOCK_FILE
+    lock = tmp_path / "run" / pretraining.LOCK_FILE
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(lock)], env=ENV, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -192,7 +191,7 @@ def test_a_live_run_keeps_a_second_one_out_and_a_dead_one_does_not(tmp_path, cap
 
 ORPHANING_HOLDER = """
 import os, sys, time
-from maskae.run_lock import RunLock
+from maskae.utils.run_lock import RunLock
 with RunLock(sys.argv[1], "maskae train"):
     if os.fork() == 0:  # a child shares the lock, as a DataLoader worker does, and outlives its parent briefly
         time.sleep(2)
@@ -203,7 +202,7 @@ with RunLock(sys.argv[1], "maskae train"):
 
 
 def test_a_killed_runs_lingering_child_is_waited_for(tmp_path):
-    lock = tmp_path / "run" / training.LOCK_FILE
+    lock = tmp_path / "run" / pretraining.LOCK_FILE
     holder = subprocess.Popen([sys.executable, "-c", ORPHANING_HOLDER, str(lock)], env=ENV, stdout=subprocess.PIPE,
                               text=True)
     assert holder.stdout.readline().strip() == "locked"

@@ -8,20 +8,27 @@ import math
 
 import pytest
 import torch
+from conftest import max_abs_diff, read_log, tiny_recipe, tiny_stock, train_until_killed, weights
 from torch.nn import functional as F
-from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForPreTraining, BertConfig, BertModel, DistilBertConfig
+from transformers import (
+    AutoModel,
+    AutoModelForMaskedLM,
+    AutoModelForPreTraining,
+    BertConfig,
+    BertModel,
+    DistilBertConfig,
+)
 
-from conftest import max_abs_diff, read_log, tiny_stock, weights
-from maskae import Embedder, MaskAEConfig, MaskAEForReplacedTokenDetection, export_stock, pretraining
+from maskae import Embedder, MaskAEConfig, MaskAEForReplacedTokenDetection, export_stock
 from maskae.cli import main
-from maskae.data import default_corpus
+from maskae.data.corpus import default_corpus
 from maskae.errors import ConfigError, ExportError
-from maskae.evaluation import evaluate_mlm
-from maskae.mlm_metrics import masked_lm_metrics
-from maskae.finetuning import prepare_encoder
+from maskae.evaluation.finetuning import prepare_encoder
+from maskae.evaluation.mlm import evaluate_mlm
+from maskae.metrics.masked_lm import masked_lm_metrics
 from maskae.modeling_maskae import IGNORE_INDEX, sample_tokens
-from maskae.recipe import validate
-from test_training import tiny_recipe, train_until_killed
+from maskae.training import run as pretraining
+from maskae.training.recipe import validate
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerator_state")
 
@@ -165,7 +172,7 @@ def test_rtd_recipe_is_reproducible_resumes_exactly_and_its_encoder_is_usable(tm
     assert (tmp_path / "a" / "whitening.safetensors").is_file()
 
     killed = tmp_path / "killed"
-    train_until_killed(recipe, killed, checkpoints=1)
+    train_until_killed(recipe, killed, count=1)
     pretraining.train(recipe, killed, resume=True)
     assert max_abs_diff(weights(tmp_path / "a"), weights(killed)) < 1e-5  # the generator's samples repeat
     assert [r["loss"] for r in read_log(killed / "log.jsonl")] == pytest.approx(

@@ -15,8 +15,8 @@ import torch
 from transformers import AutoTokenizer
 
 from maskae import CheckpointError, ConfigError, DataError
-from maskae.data import iter_packed, load_corpus, tokenize_and_pack
-from maskae.streaming import PackedBatchStream
+from maskae.data.corpus import iter_packed, load_corpus, tokenize_and_pack
+from maskae.data.streaming import PackedBatchStream
 
 BLOCK, ROWS, TEXTS = 128, 4, 40  # block_size, rows_per_batch, text_batch_size: ~50 items and 6 text batches a pass
 

@@ -7,14 +7,15 @@ import json
 
 import pytest
 import torch
+from conftest import SHARED_DATA, max_abs_diff, read_log, tiny_recipe, train_until_killed, weights
 
-from conftest import SHARED_DATA, max_abs_diff, read_log, weights
-from maskae import pretraining, training
-from maskae.batching import TaggedRows
-from maskae.data import load_corpus, tokenize_and_pack
+from maskae.data.corpus import load_corpus, tokenize_and_pack
+from maskae.data.sampling import TaggedRows
 from maskae.errors import CheckpointError, ConfigError
-from maskae.integrity import directory_records
-from test_training import tiny_recipe, train_until_killed
+from maskae.training import run as pretraining
+from maskae.training import checkpoints
+from maskae.training import trainer as training
+from maskae.utils.integrity import directory_records
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerator_state", "private_datasets_cache")
 
@@ -64,7 +65,7 @@ def test_streaming_resume_after_sigkill_matches_uninterrupted_run(tmp_path, smal
     assert reference_log[-1]["epoch"] >= 1  # a second pass started
 
     killed = tmp_path / "killed"
-    train_until_killed(recipe, killed, checkpoints=2)
+    train_until_killed(recipe, killed, count=2)
 
     pretraining.train(recipe, killed, resume=True)
     assert max_abs_diff(weights(tmp_path / "reference"), weights(killed)) < 1e-5
@@ -78,12 +79,12 @@ def test_a_stream_resumes_only_on_its_process_count(tmp_path, small_tokenizer, c
     recipe = streaming_recipe(small_tokenizer, corpus, "training.max_steps=4", "training.save_steps=4")
     pretraining.train(recipe, tmp_path)
     # pretend two processes wrote it: the checkpoint then holds two stream positions (and records them)
-    checkpoint = training.latest_checkpoint(tmp_path)
+    checkpoint = checkpoints.latest_checkpoint(tmp_path)
     state_file = checkpoint / "custom_checkpoint_0.pkl"
     state = torch.load(state_file, weights_only=False)
     state["streams"] = state["streams"] * 2
     torch.save(state, state_file)
-    marker = checkpoint / training.COMPLETE_MARKER
+    marker = checkpoint / checkpoints.COMPLETE_MARKER
     marker.write_text(json.dumps({"step": 4, "files": directory_records(checkpoint, skip=(marker.name,))}))
     longer = streaming_recipe(small_tokenizer, corpus, "training.max_steps=8", "training.save_steps=4")
     with pytest.raises(CheckpointError, match=r"split over 2 process\(es\), not 1; resume it with 2"):

@@ -9,9 +9,9 @@ from transformers import AutoTokenizer
 
 from maskae import ConfigError, DataCollatorForDenoising, NoiseConfig
 from maskae.cli import main
-from maskae.data import default_corpus
-from maskae.noise import IGNORE_INDEX
-from maskae.tokenization import train_tokenizer
+from maskae.data.corpus import default_corpus
+from maskae.data.noise import IGNORE_INDEX
+from maskae.data.tokenization import train_tokenizer
 
 TEXT = "The European lobster lives in the eastern Atlantic Ocean."
 

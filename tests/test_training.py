@@ -4,55 +4,30 @@ bit-exact, half-written checkpoints are ignored, NaN stops the run, bad configs 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForMaskedLM, AutoTokenizer, BertConfig, BertForMaskedLM
+from conftest import RECIPES, max_abs_diff, read_log, tiny_recipe, train_until_killed, weights
+from transformers import (
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+    BertConfig,
+    BertForMaskedLM,
+)
 
-from conftest import RECIPES, max_abs_diff, read_log, weights
-from maskae import MaskAEForMaskedLM, pretraining, training
+from maskae import MaskAEForMaskedLM
 from maskae.cli import main
 from maskae.errors import CheckpointError, ConfigError, TokenizerError
-from maskae.recipe import load_recipe
+from maskae.training import run as pretraining
+from maskae.training import checkpoints
+from maskae.training import trainer as training
+from maskae.training.recipe import load_recipe
 
-SHRINK = [
-    "model.hidden_size=16", "model.num_layers=2", "model.split_layer=1", "model.num_heads=2",
-    "model.intermediate_size=32", "model.max_position_embeddings=32",
-    "data.block_size=32", "data.max_train_blocks=96", "data.max_eval_blocks=8",
-    "training.batch_size=8", "training.max_steps=12", "training.warmup_steps=2", "training.lr=3e-3",
-    "training.save_steps=4", "training.logging_steps=1", "training.eval_steps=null",
-    "training.pseudo_perplexity_blocks=1", "training.eval_batch_size=8", "training.save_total_limit=null",
-]
 
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerator_state")
-
-
-def tiny_recipe(tokenizer: Path | None, *overrides: str, name: str = "tiny-wikitext2.yaml"):
-    extra = [f"tokenizer.path={tokenizer}", "tokenizer.train=null"] if tokenizer else []
-    return load_recipe(RECIPES / name, [*SHRINK, *extra, *overrides])
-
-
-def train_until_killed(recipe, output_dir: Path, checkpoints: int) -> None:
-    """`maskae train` in a subprocess, SIGKILLed as soon as `checkpoints` complete checkpoints exist."""
-    recipe_file = output_dir.with_suffix(".yaml")
-    recipe.save(recipe_file)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "maskae", "train", str(recipe_file), "--output-dir",
-                                str(output_dir)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while (len(training.complete_checkpoints(output_dir)) < checkpoints and process.poll() is None
-           and time.monotonic() < deadline):
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
 
 
 def test_loss_falls_and_run_writes_everything(tmp_path):
@@ -73,7 +48,7 @@ def test_loss_falls_and_run_writes_everything(tmp_path):
     assert [r["step"] for r in evals] == [15, 30]
 
     # the newest two checkpoints are kept, each complete with its resolved recipe
-    assert [p.name for p in training.complete_checkpoints(tmp_path)] == ["checkpoint-20", "checkpoint-30"]
+    assert [p.name for p in checkpoints.complete_checkpoints(tmp_path)] == ["checkpoint-20", "checkpoint-30"]
     assert not list(tmp_path.glob("*.tmp"))
     assert load_recipe(tmp_path / "checkpoint-30" / "recipe.yaml") == recipe
 
@@ -110,17 +85,17 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, small_tokenize
     pretraining.train(recipe, tmp_path / "reference")
 
     killed = tmp_path / "killed"
-    train_until_killed(recipe, killed, checkpoints=1)
+    train_until_killed(recipe, killed, count=1)
     assert not (killed / "model.safetensors").exists()
 
     # debris a kill can leave: a checkpoint still being written, and one whose marker never came
-    newest = training.latest_checkpoint(killed)
+    newest = checkpoints.latest_checkpoint(killed)
     step = int(newest.name.split("-")[1])
     (killed / f"checkpoint-{step + 8}.tmp").mkdir(exist_ok=True)
     (killed / f"checkpoint-{step + 8}.tmp" / "model.safetensors").write_bytes(b"partial")
     shutil.copytree(newest, killed / f"checkpoint-{step + 4}")
-    (killed / f"checkpoint-{step + 4}" / training.COMPLETE_MARKER).unlink()
-    assert training.latest_checkpoint(killed) == newest
+    (killed / f"checkpoint-{step + 4}" / checkpoints.COMPLETE_MARKER).unlink()
+    assert checkpoints.latest_checkpoint(killed) == newest
 
     pretraining.train(recipe, killed, resume=True)
     assert max_abs_diff(weights(tmp_path / "reference"), weights(killed)) < 1e-5
@@ -134,10 +109,10 @@ def test_only_marked_renamed_checkpoints_count(tmp_path):
                          ("checkpoint-15", False), ("checkpoint-x", True)]:
         (tmp_path / name).mkdir()
         if marked:
-            (tmp_path / name / training.COMPLETE_MARKER).write_text("{}")
-    assert [p.name for p in training.complete_checkpoints(tmp_path)] == ["checkpoint-3", "checkpoint-12"]
-    assert training.latest_checkpoint(tmp_path).name == "checkpoint-12"
-    assert training.latest_checkpoint(tmp_path / "none") is None
+            (tmp_path / name / checkpoints.COMPLETE_MARKER).write_text("{}")
+    assert [p.name for p in checkpoints.complete_checkpoints(tmp_path)] == ["checkpoint-3", "checkpoint-12"]
+    assert checkpoints.latest_checkpoint(tmp_path).name == "checkpoint-12"
+    assert checkpoints.latest_checkpoint(tmp_path / "none") is None
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, small_tokenizer, monkeypatch):
@@ -157,7 +132,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, small_token
         pretraining.train(tiny_recipe(small_tokenizer, "training.pseudo_perplexity_blocks=0"), tmp_path)
     message = str(error.value)
     assert "nan at step 7" in message and "checkpoint-4" in message and "\n" not in message
-    assert [p.name for p in training.complete_checkpoints(tmp_path)] == ["checkpoint-4"]
+    assert [p.name for p in checkpoints.complete_checkpoints(tmp_path)] == ["checkpoint-4"]
     assert not (tmp_path / "model.safetensors").exists()
     assert max(r["step"] for r in read_log(tmp_path / "log.jsonl")) == 6
 
@@ -183,7 +158,7 @@ def test_run_level_errors(tmp_path, small_tokenizer):
         pretraining.train(tiny_recipe(small_tokenizer, f"model.backbone={backbone}"), tmp_path / "b")
 
     (tmp_path / "c" / "checkpoint-4").mkdir(parents=True)
-    (tmp_path / "c" / "checkpoint-4" / training.COMPLETE_MARKER).write_text("{}")
+    (tmp_path / "c" / "checkpoint-4" / checkpoints.COMPLETE_MARKER).write_text("{}")
     with pytest.raises(CheckpointError, match="--resume"):
         pretraining.train(tiny_recipe(small_tokenizer), tmp_path / "c")
 

@@ -11,8 +11,8 @@ import pytest
 
 from maskae import DataError
 from maskae.cli import main
-from maskae.run_logs import read_log
-from maskae.training_curves import CURVES, plot_training_curves, run_series
+from maskae.training.curves import CURVES, plot_training_curves, run_series
+from maskae.training.logs import read_log
 
 
 def write_run(path: Path, steps: list[int], timed: bool = True) -> Path:

@@ -11,15 +11,29 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import AutoConfig, AutoModel, BertConfig, BertForMaskedLM, BertTokenizer
-
 from conftest import RECIPES, TINY
-from maskae import DataError, MaskAEForMaskedLM, Whitening, embed, export_stock, fit_whitening, save_for_hub
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    BertConfig,
+    BertForMaskedLM,
+    BertTokenizer,
+)
+
+from maskae import (
+    DataError,
+    MaskAEForMaskedLM,
+    Whitening,
+    embed,
+    export_stock,
+    fit_whitening,
+    save_for_hub,
+)
 from maskae.cli import main
-from maskae.data import default_corpus
-from maskae.evaluation import evaluate_sts
-from maskae.recipe import load_recipe
-from maskae.whitening import whitening_from_vectors
+from maskae.data.corpus import default_corpus
+from maskae.embeddings.whitening import whitening_from_vectors
+from maskae.evaluation.sts import evaluate_sts
+from maskae.training.recipe import load_recipe
 
 RECIPE = RECIPES / "tiny-wikitext2.yaml"
 TEXTS = [line.strip() for line in default_corpus("train").read_text(encoding="utf-8").splitlines()

@@ -31,7 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import build_corpus_folder
+    from ..data.corpus import build_corpus_folder
 
     files, sentences = build_corpus_folder(args.out, args.add)
     print(f"wrote {args.out}: {files} text file(s), {sentences:,} distinct task sentences")

@@ -8,9 +8,10 @@ import json
 import textwrap
 from pathlib import Path
 
-from ..embeddings import POOLINGS
-from ..errors import ConfigError, DataError
-from ..finetuning import GLUE_TASKS, describe_hyperparameters
+from ..embeddings.pooling import SENTENCE_POOLINGS
+from ..errors import ConfigError
+from ..evaluation.schedule import describe_hyperparameters
+from ..evaluation.tasks import GLUE_TASKS, task_files
 
 TASKS = ("sts", "probe", "mlm", "layers", "finetune", "glue")
 DEFAULT_SEEDS = {"probe": 5, "finetune": 3, "glue": 3}
@@ -34,7 +35,8 @@ tasks:
           first K) on each label budget (--budgets, stratified seeded samples, --seeds, mean ± std) and
           score the validation split with the task's GLUE metric: Matthews correlation (CoLA),
           accuracy and F1 (MRPC), Pearson and Spearman (STS-B), accuracy (SST-2, RTE, other tasks).
-          --data: a task directory with train.tsv and validation.tsv, recognised by its name (cola,
+          --data: a task directory with train.tsv and validation.tsv (or the training tsv with
+          --eval-data, as for probe), recognised by its folder's name (cola,
           sst2, mrpc, stsb, rte) or by its columns (sentence + label; sentence1 + sentence2 + label |
           score). Pairs are fed as one pair. --baseline adds the same network from a seeded random
           initialisation, and logistic (for scores: ridge) regression on LSA features of the encoder's
@@ -82,11 +84,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--task", required=True, choices=TASKS, help="what to measure (see below)")
     parser.add_argument("--data", required=True, type=Path,
                         help="the tsv, or for probe / finetune a task directory, or for glue the folder of tasks")
-    parser.add_argument("--eval-data", type=Path, help="probe: the evaluation tsv when --data is the training tsv")
+    parser.add_argument("--eval-data", type=Path, help="probe, finetune: the evaluation tsv when --data is the training tsv (or instead of its validation.tsv)")
     parser.add_argument("--of", choices=("sts", "probe"), default="sts", help="layers: which figure to sweep (default: sts)")
     parser.add_argument("--layer", type=int, help="hidden state k to embed with (0 = embeddings; default: the code); "
                         "finetune, glue: fine-tune the first k layers")
-    parser.add_argument("--pooling", choices=[p for p in POOLINGS if p != "none"], default="mean",
+    parser.add_argument("--pooling", choices=SENTENCE_POOLINGS, default="mean",
                         help="how token vectors become one sentence vector (default: mean)")
     parser.add_argument("--baseline", action="store_true", help="also score LSA and PCA baselines of width --dim "
                         "(finetune, glue: the random-init network and LSA)")
@@ -114,18 +116,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def probe_files(data: Path, eval_data: Path | None) -> tuple[Path, Path]:
-    """(train, eval) tsv paths from --data and --eval-data."""
-    if data.is_dir():
-        return data / "train.tsv", eval_data or data / "validation.tsv"
-    if eval_data is None:
-        raise DataError(f"--data {str(data)!r} is a file, so the probe needs --eval-data too; or pass a directory with train.tsv and validation.tsv.")
-    return data, eval_data
-
-
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation import evaluate_layers, evaluate_mlm, evaluate_probe, evaluate_sts, parse_budgets
-    from ..plotting import plot_layer_curve
+    from ..evaluation.mlm import evaluate_mlm
+    from ..evaluation.probes import evaluate_layers, evaluate_probe
+    from ..evaluation.sts import evaluate_sts
+    from ..evaluation.tasks import parse_budgets
+    from ..utils.plotting import plot_layer_curve
 
     if args.task in ("finetune", "glue"):
         return report(fine_tune(args), args)
@@ -142,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     if task == "sts":
         data = dict(data=args.data)
     else:
-        train, eval_ = probe_files(args.data, args.eval_data)
+        train, eval_ = task_files(args.data, args.eval_data)
         data = dict(train=train, eval=eval_, budgets=parse_budgets(args.budgets), seeds=tuple(range(seed_count(args))),
                     max_train=args.max_train)
     if args.task == "layers":
@@ -170,13 +166,13 @@ def seed_count(args: argparse.Namespace) -> int:
 
 def fine_tune(args: argparse.Namespace) -> dict:
     """--task finetune | glue."""
-    from ..evaluation import parse_budgets
-    from ..finetuning import evaluate_finetune, evaluate_glue
+    from ..evaluation.finetuning import evaluate_finetune, evaluate_glue
+    from ..evaluation.tasks import parse_budgets
 
     if args.whiten is not None:
         raise ConfigError(f"--whiten applies to --task sts or probe, not {args.task}; drop it or change the task.")
     run = evaluate_glue if args.task == "glue" else evaluate_finetune
-    return run(args.model, args.data, budgets=parse_budgets(args.budgets), seeds=tuple(range(seed_count(args))),
+    return run(args.model, args.data, **({} if args.task == "glue" else {"eval_data": args.eval_data}), budgets=parse_budgets(args.budgets), seeds=tuple(range(seed_count(args))),
                max_train=args.max_train, layer=args.layer, whole_stack=args.whole_stack, baseline=args.baseline,
                limit=args.limit, save=args.save)
 
@@ -190,9 +186,9 @@ def fitted_whitening(args: argparse.Namespace):
         return args.model, True
     if args.task not in ("sts", "probe"):
         raise ConfigError(f"--whiten applies to --task sts or probe, not {args.task}; drop it or change the task.")
-    from ..embeddings import Embedder
-    from ..data import corpus_texts
-    from ..whitening import DEFAULT_MAX_TEXTS, fit_whitening
+    from ..data.corpus import corpus_texts
+    from ..embeddings.embedder import Embedder, fit_whitening
+    from ..embeddings.whitening import DEFAULT_MAX_TEXTS
 
     texts = corpus_texts(args.whiten, DEFAULT_MAX_TEXTS)
     embedder = Embedder.from_pretrained(args.model)
@@ -202,107 +198,9 @@ def fitted_whitening(args: argparse.Namespace):
 
 
 def report(result: dict, args: argparse.Namespace) -> int:
+    """Print the result's own table (and, with --json, the figures as one JSON object)."""
     result["model"] = str(args.model)
-    print(describe(result))
+    print(result)
     if args.json:
         print(json.dumps(result))
     return 0
-
-
-def describe(result: dict) -> str:
-    """The figures as a small human-readable table."""
-    if result["task"] == "mlm":
-        lines = [f"masked LM on {result['blocks']} blocks of {result['block_size']} tokens (15% masked, seed 0)",
-                 f"  masked accuracy x100 {100 * result['masked_accuracy']:8.2f}",
-                 f"  perplexity           {result['perplexity']:8.2f}   (over the masked tokens)"]
-        if "pseudo_perplexity" in result:
-            lines.append(f"  pseudo-perplexity    {result['pseudo_perplexity']:8.2f}   (first {result['pseudo_blocks']} blocks)")
-        return "\n".join(lines)
-    if result["task"] == "sts":
-        lines = [f"STS on {result['pairs']} pairs: Spearman x100 of cosine similarity vs gold score"]
-        lines.append(f"  {'model':<8} dim {result['dim']:>5}   {result['spearman_x100']:6.2f}")
-        for name, base in result.get("baselines", {}).items():
-            lines.append(f"  {name:<8} dim {base['dim']:>5}   {base['spearman_x100']:6.2f}")
-        if "whitened" in result:
-            white = result["whitened"]
-            lines.append(f"  {'whitened':<8} dim {white['dim']:>5}   {white['spearman_x100']:6.2f}"
-                         f"   (fitted on {white['fitted_on']} texts)")
-        return "\n".join(lines)
-    if result["task"] == "probe":
-        budgets = result["budgets"]
-        lines = [
-            f"linear probe: accuracy x100 on {result['eval_examples']} examples (mean ± std over seeds); "
-            f"'all' = the {result['train_pool']} examples of the training pool"
-        ]
-        lines.append(f"  {'':<8} {'dim':>5}  " + "".join(f"{b['budget'] + ' labels':>18}" for b in budgets))
-        rows = [("model", result["dim"], budgets)]
-        rows += [(name, base["dim"], base["budgets"]) for name, base in result.get("baselines", {}).items()]
-        if "whitened" in result:
-            rows.append(("whitened", result["whitened"]["dim"], result["whitened"]["budgets"]))
-        for name, dim, figures in rows:
-            cells = "".join(f"{b['accuracy_x100']:>11.2f} ± {b['std_x100']:4.2f}" for b in figures)
-            lines.append(f"  {name:<8} {dim:>5}  {cells}")
-        return "\n".join(lines)
-    if result["task"] == "finetune":
-        return describe_finetune(result)
-    if result["task"] == "glue":
-        return describe_glue(result)
-    first = result["layers"][0]
-    what = (
-        f"STS Spearman x100 on {first['pairs']} pairs" if result["of"] == "sts"
-        else f"probe accuracy x100 on {first['eval_examples']} examples ('all' = {first['train_pool']} labels)"
-    )
-    names = [name for name, _ in figure_cells(first)]
-    lines = [f"{what}, by layer (0 = embeddings)", "  layer" + "".join(f"{n:>14}" for n in names)]
-    for row in result["layers"]:
-        lines.append(f"  {row['layer']:>5}" + "".join(f"{value:>14.2f}" for _, value in figure_cells(row)))
-    lines.append(f"best layer: {result['best_layer']} ({result['best']:.2f}); plot: {result['plot']}")
-    return "\n".join(lines)
-
-
-def figure_cells(row: dict) -> list[tuple[str, float]]:
-    """(name, value) of each figure of one sts or probe result, baselines included."""
-    if row["task"] == "sts":
-        return [("model", row["spearman_x100"])] + [(n, b["spearman_x100"]) for n, b in row.get("baselines", {}).items()]
-    cells = [(f"{b['budget']} labels", b["accuracy_x100"]) for b in row["budgets"]]
-    for name, base in row.get("baselines", {}).items():
-        cells += [(f"{name} {b['budget']}", b["accuracy_x100"]) for b in base["budgets"]]
-    return cells
-
-
-def systems(result: dict) -> list[tuple[str, list[dict]]]:
-    """(name, per-budget rows) of the model and each baseline of a finetune result."""
-    return [("model", result["budgets"])] + [(n, b["budgets"]) for n, b in result.get("baselines", {}).items()]
-
-
-def describe_finetune(result: dict) -> str:
-    metrics = " and ".join(result["metrics"])
-    lines = [
-        f"fine-tuning on {result['glue_task']} ({result['layers']} layers): {metrics} x100 on {result['eval_examples']} "
-        f"validation examples (mean ± std over seeds; 'all' = the {result['train_pool']} training examples)",
-        f"  {'':<12}{'labels':>7}  " + "".join(f"{m:>22}" for m in result["metrics"]) + f"{'time':>10}",
-    ]
-    for name, rows in systems(result):
-        for row in rows:
-            cells = "".join(f"{row['metrics_x100'][m]:>14.2f} ± {row['std_x100'][m]:5.2f}" for m in result["metrics"])
-            lines.append(f"  {name:<12}{row['budget']:>7}  {cells}{row['wall_s']:>9.0f}s")
-    lines.append(f"total {result['wall_s']:.0f} s" + (f"; classifier saved to {result['saved']}" if "saved" in result else ""))
-    return "\n".join(lines)
-
-
-def describe_glue(result: dict) -> str:
-    tasks = result["tasks"]
-    header = {"cola": "CoLA mcc", "sst2": "SST-2 acc", "mrpc": "MRPC acc/F1", "stsb": "STS-B P/S", "rte": "RTE acc"}
-    lines = [
-        f"GLUE validation scores x100 ({result['layers']} layers; mean over seeds; a task with two metrics shows their mean)",
-        f"  {'':<12}{'labels':>7}" + "".join(f"{header.get(t, t):>13}" for t in tasks) + f"{'average':>10}{'time':>9}",
-    ]
-    first = next(iter(tasks.values()))
-    for s, (name, rows) in enumerate(systems(first)):
-        for b, row in enumerate(rows):
-            task_rows = [systems(t)[s][1][b] for t in tasks.values()]
-            cells = "".join(f"{r['score_x100']:>13.2f}" for r in task_rows)
-            seconds = sum(r["wall_s"] for r in task_rows)
-            lines.append(f"  {name:<12}{row['budget']:>7}{cells}{result['average'][name][b]['score_x100']:>10.2f}{seconds:>8.0f}s")
-    lines.append(f"total {result['wall_s']:.0f} s")
-    return "\n".join(lines)

@@ -15,14 +15,8 @@ import logging
 import tempfile
 from pathlib import Path
 
-import yaml
-from safetensors import SafetensorError
-from transformers import AutoConfig, AutoTokenizer
-
+from ..embeddings.pooling import SENTENCE_POOLINGS
 from ..errors import CheckpointError, ConfigError
-from ..export_sentence_transformers import POOLINGS, save_sentence_transformer
-from ..hub import metric_records, save_for_hub
-from ..modeling_maskae import MaskAEForMaskedLM, MaskAEForReplacedTokenDetection
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +60,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--layer", type=int, help="with --sentence-transformers: the hidden state to keep (default: "
                         "a MaskAE model's code, a stock model's last layer); the layers above it are dropped")
-    parser.add_argument("--pooling", choices=POOLINGS, help="with --sentence-transformers: how token vectors "
+    parser.add_argument("--pooling", choices=SENTENCE_POOLINGS, help="with --sentence-transformers: how token vectors "
                         "become one sentence vector (default: mean)")
     parser.add_argument("--normalize", action="store_true",
                         help="with --sentence-transformers: add a Normalize module (unit-length vectors)")
@@ -95,6 +89,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from safetensors import SafetensorError
+
+    from ..export.hub import save_for_hub
+    from ..modeling_maskae import MaskAEForMaskedLM, MaskAEForReplacedTokenDetection
+
     if args.sentence_transformers:
         return _run_sentence_transformers(args)
     if args.layer is not None or args.pooling is not None or args.normalize:
@@ -133,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _objective(model_dir: Path) -> str:
+    from transformers import AutoConfig
+
     try:
         return getattr(AutoConfig.from_pretrained(model_dir), "objective", "mlm")
     except (OSError, ValueError) as error:
@@ -142,6 +143,8 @@ def _objective(model_dir: Path) -> str:
 
 def _run_sentence_transformers(args: argparse.Namespace) -> int:
     """A trained run's card material (recipe, metrics, curves) is used when DIR has it; a Hub id has none."""
+    from ..export.sentence_transformers import save_sentence_transformer
+
     recipe = _yaml_file(args.recipe or args.model / "recipe.yaml", required=args.recipe is not None)
     data = (recipe or {}).get("data") or {}
     with tempfile.TemporaryDirectory() as scratch:
@@ -168,7 +171,7 @@ def _training_curves(run_dir: Path, scratch: Path) -> list[Path]:
     if not (run_dir / "log.jsonl").is_file():
         return []
     try:
-        from ..training_curves import plot_training_curves
+        from ..training.curves import plot_training_curves
     except ImportError:
         logger.info("matplotlib is not installed, so the card gets no training curves (pip install maskae[eval])")
         return []
@@ -177,6 +180,8 @@ def _training_curves(run_dir: Path, scratch: Path) -> list[Path]:
 
 
 def _tokenizer(args: argparse.Namespace):
+    from transformers import AutoTokenizer
+
     source = args.tokenizer or (args.model if any((args.model / f).is_file() for f in TOKENIZER_FILES) else None)
     if source is None:
         return None
@@ -187,6 +192,8 @@ def _tokenizer(args: argparse.Namespace):
 
 
 def _yaml_file(path: Path, required: bool) -> dict | None:
+    import yaml
+
     if not path.is_file():
         if required:
             raise ConfigError(f"recipe file {path} does not exist; pass the recipe.yaml that training wrote.")
@@ -201,6 +208,8 @@ def _yaml_file(path: Path, required: bool) -> dict | None:
 
 
 def _metrics(args: argparse.Namespace, data: dict) -> list | None:
+    from ..export.model_index import metric_records
+
     path = args.metrics or args.model / "eval_results.json"
     if not path.is_file():
         if args.metrics is not None:

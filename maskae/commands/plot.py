@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..embeddings import POOLINGS
+from ..embeddings.pooling import SENTENCE_POOLINGS
 from ..errors import ConfigError
 
 EPILOG = """\
@@ -40,7 +40,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output", type=Path, help="where to save the PNG (required for a map; default with --log: "
                         "curves.png)")
     parser.add_argument("--layer", type=int, help="hidden state k to embed with (0 = embeddings; default: the code)")
-    parser.add_argument("--pooling", choices=[p for p in POOLINGS if p != "none"], default="mean",
+    parser.add_argument("--pooling", choices=SENTENCE_POOLINGS, default="mean",
                         help="how token vectors become one sentence vector (default: mean)")
     parser.add_argument("--limit", type=int, default=2000, help="plot at most the first N rows (default: 2000)")
     parser.add_argument("--batch-size", type=int, default=32, help="sentences per forward pass (default: 32)")
@@ -53,9 +53,9 @@ def run(args: argparse.Namespace) -> int:
         return _run_curves(args)
     if args.model is None or args.data is None or args.output is None:
         raise ConfigError("an embedding map needs MODEL, --data and --output (or pass --log RUN for training curves).")
-    from ..embeddings import embed
-    from ..evaluation import read_labelled
-    from ..plotting import plot_embedding_map
+    from ..embeddings.embedder import embed
+    from ..evaluation.tasks import read_labelled
+    from ..utils.plotting import plot_embedding_map
 
     texts, labels = read_labelled(args.data, args.limit)
     vectors = embed(args.model, texts, layer=args.layer, pooling=args.pooling, batch_size=args.batch_size)
@@ -70,7 +70,7 @@ def _run_curves(args: argparse.Namespace) -> int:
     if args.model is not None or args.data is not None:
         raise ConfigError("--log draws training curves from run directories; pass them all after --log, without "
                           "MODEL or --data.")
-    from ..training_curves import plot_training_curves
+    from ..training.curves import plot_training_curves
 
     output, _ = plot_training_curves(args.log, args.output or Path("curves.png"))
     print(f"saved {output}")

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ..tokenization import KINDS, train_tokenizer
-
 logger = logging.getLogger(__name__)
 
 
@@ -31,7 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     train.add_argument("--vocab-size", type=int, required=True, help="number of tokens in the vocabulary, e.g. 30000")
     train.add_argument("--out", required=True, help="directory to save the tokenizer to")
-    train.add_argument("--kind", choices=KINDS, default="wordpiece", help="tokenizer model (default: wordpiece)")
+    train.add_argument("--kind", choices=("wordpiece", "bpe"), default="wordpiece", help="tokenizer model (default: wordpiece)")
     train.add_argument("--cased", action="store_true", help="keep case (default: lowercase the text)")
     train.add_argument("--min-frequency", type=int, default=2, help="minimum count of a merge or piece (default: 2)")
     train.add_argument("--model-max-length", type=int, default=512, help="longest input the model takes (default: 512)")
@@ -40,6 +38,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..data.tokenization import train_tokenizer
+
     tokenizer = train_tokenizer(
         args.corpus,
         args.vocab_size,

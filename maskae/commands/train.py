@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from ..recipe import format_keys, load_recipe
+from ..training.recipe import format_keys, load_recipe
 
 EPILOG = f"""\
 Every recipe key, with its default (override any of them with --set section.key=value):
@@ -46,7 +46,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..pretraining import train  # torch and friends load only when training
+    from ..training.run import train  # torch and friends load only when training
 
     for name in ("accelerate.accelerator", "accelerate.checkpointing"):  # one line per saved file otherwise
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..embeddings import POOLINGS
+from ..embeddings.pooling import SENTENCE_POOLINGS
+from ..embeddings.whitening import DEFAULT_MAX_TEXTS
 from ..errors import CheckpointError
-from ..whitening import DEFAULT_MAX_TEXTS
 
 EPILOG = """\
 Whitening (Su et al. 2021; WhiteningBERT) subtracts the mean of the pooled embeddings and rotates and
@@ -39,7 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--dim", type=int, help="keep the top D directions (default: every direction the texts vary in)")
     parser.add_argument("--layer", type=int, help="hidden state k to whiten (default: a MaskAE code, else the last layer)")
-    parser.add_argument("--pooling", choices=[p for p in POOLINGS if p != "none"], default="mean",
+    parser.add_argument("--pooling", choices=SENTENCE_POOLINGS, default="mean",
                         help="how token vectors become one sentence vector (default: mean)")
     parser.add_argument("--max-texts", type=int, default=DEFAULT_MAX_TEXTS,
                         help=f"fit on a seeded sample of at most N texts (default: {DEFAULT_MAX_TEXTS})")
@@ -49,9 +49,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..embeddings import Embedder
-    from ..data import corpus_texts
-    from ..whitening import fit_whitening
+    from ..data.corpus import corpus_texts
+    from ..embeddings.embedder import Embedder, fit_whitening
 
     if not (args.model / "config.json").is_file():
         raise CheckpointError(f"{str(args.model)!r} has no config.json; pass a local model directory to write into.")

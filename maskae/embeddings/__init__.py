@@ -1,0 +1,6 @@
+"""Sentence vectors from any layer of any encoder: the `Embedder` (layer k runs only the first k
+layers), `whitening` fitted without labels (a leaf: it fits on vectors, whoever made them), and the
+resumable, checksummed writer of embedding datasets (`writer`). Backends and many-process engines go
+here too.
+
+May import: the model closure and `utils`; nothing of data, training, evaluation, export or commands."""
