@@ -47,7 +47,8 @@ class MaskAEConfig(PreTrainedConfig):
     r"""
     base_config (`dict` or `PreTrainedConfig`): the stock encoder config (BERT, RoBERTa, DistilBERT, ModernBERT, ...).
         Its layer count is normalised to `split_layer + decoder_layers`.
-    split_layer (`int`): number of encoder layers; their output is the code.
+    split_layer (`int`): number of encoder layers; their output is the code. With decoder="layers" it may
+        be 0: the encoder is then the embedding layer alone (a static embedding: no attention).
     decoder (`str`): "layers" (the backbone's remaining layers), "linear" (the MLM head only, classic BERT),
         or "transformer" (`decoder_layers` freshly initialised layers of the backbone's kind).
     decoder_layers (`int`, *optional*): layers after the split; derived for "layers" and "linear".
@@ -115,10 +116,10 @@ class MaskAEConfig(PreTrainedConfig):
             raise ConfigError(f"unknown pooling {self.pooling!r}; use one of {', '.join(BOTTLENECK_POOLINGS)}.")
         if self.decoder == "layers":
             limit = total if self.decoder_layers is None else self.split_layer + self.decoder_layers
-            if not 1 <= self.split_layer <= limit:
+            if not 0 <= self.split_layer <= limit:
                 raise ConfigError(
                     f"split_layer={self.split_layer} is out of range for a {limit}-layer backbone; "
-                    f"choose 1 <= split_layer <= {limit}."
+                    f"choose 0 <= split_layer <= {limit}."
                 )
             self.decoder_layers = limit - self.split_layer
         elif self.decoder == "linear":

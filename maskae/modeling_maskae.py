@@ -192,10 +192,11 @@ class MaskAEPreTrainedModel(PreTrainedModel):
         if cls._objective is not None:
             kwargs.setdefault("objective", cls._objective)
         total = num_layers(stock_config)
-        if not 1 <= split_layer <= total:
+        lowest = 0 if decoder == "layers" else 1  # 0: the embedding layer alone is the encoder
+        if not lowest <= split_layer <= total:
             raise ConfigError(
                 f"split_layer={split_layer} is out of range for {name_or_path!r}, which has {total} layers; "
-                f"choose 1 <= split_layer <= {total}."
+                f"choose {lowest} <= split_layer <= {total}."
             )
         stock = AutoModelForMaskedLM.from_pretrained(name_or_path)
         config = MaskAEConfig(
@@ -256,6 +257,11 @@ class MaskAEModel(MaskAEPreTrainedModel):
 
     def layers(self) -> nn.ModuleList:
         return self.backbone_adapter.layers(self.backbone)
+
+    def compile_layers(self, **compile_kwargs) -> None:
+        """torch.compile each encoder layer in place (see `MaskAEPreTrainedModel.compile_layers`)."""
+        for layer in self.layers():
+            layer.compile(**compile_kwargs)
 
     def run(
         self,

@@ -97,8 +97,8 @@ def test_every_module_says_why_it_exists():
 def test_pyproject_ships_every_subpackage_and_the_card_templates():
     config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
     on_disk = {"maskae"} | {f"maskae.{p.parent.name}" for p in (REPO / "maskae").glob("*/__init__.py")}
-    assert set(config["packages"]) == on_disk | {"maskae.model_cards"}
-    assert config["package-dir"] == {"maskae.model_cards": "model_cards"}
+    assert set(config["packages"]) == on_disk | {"maskae.model_cards", "maskae.recipes"}
+    assert config["package-dir"] == {"maskae.model_cards": "model_cards", "maskae.recipes": "recipes"}
     from maskae.export.guards import card_template
 
     for name in ("maskae.md.jinja", "sentence-transformers.md.jinja"):

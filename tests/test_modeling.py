@@ -220,7 +220,9 @@ def test_config_errors_are_readable():
 def test_from_backbone_errors(tmp_path, stock_dir):
     _, path, _ = stock_dir
     with pytest.raises(ConfigError, match="out of range"):
-        MaskAEForMaskedLM.from_backbone(path, split_layer=0)
+        MaskAEForMaskedLM.from_backbone(path, split_layer=-1)
+    with pytest.raises(ConfigError, match="out of range"):
+        MaskAEForMaskedLM.from_backbone(path, split_layer=0, decoder="linear")
     with pytest.raises(maskae.CheckpointError, match="cannot load a model config"):
         MaskAEForMaskedLM.from_backbone(tmp_path / "nowhere", split_layer=1)
 

@@ -84,8 +84,7 @@ def test_export_puts_the_curves_into_the_model_card(tmp_path):
 
     run = write_run(tmp_path / "run", [1, 2, 3])
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat"]
-    (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
-    BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt")).save_pretrained(run)
+    BertTokenizerFast(vocab={word: index for index, word in enumerate(words)}).save_pretrained(run)
     config = BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=32, max_position_embeddings=16)
     MaskAEForMaskedLM(MaskAEConfig(base_config=config, split_layer=1)).save_pretrained(run)

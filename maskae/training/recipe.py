@@ -1,6 +1,7 @@
 """Training recipes: YAML files that map onto dataclasses, one source of truth for a run.
 
-A recipe has the sections `model`, `tokenizer`, `noise`, `data`, `training` and `growth`. Every key is a
+A recipe has the sections `model`, `tokenizer`, `noise`, `data`, `training`, `growth` and, for
+distillation, `distill`. Every key is a
 dataclass field whose `help` metadata documents it; `maskae train --help` and error messages are
 generated from those fields, so the documentation cannot drift from the code. Values from YAML or
 from `--set section.key=value` are coerced to the field's type; an unknown key is an error that
@@ -232,6 +233,67 @@ class GrowthArgs:
         return "[" + ", ".join(f"{{layers: {s.layers}, share: {s.share:g}}}" for s in self.stages) + "]"
 
 
+DISTILL_LOSSES = ("cosine", "mse", "cosine+mse")
+
+
+@dataclass
+class DistillArgs:
+    corpus: list[str] = option(
+        None, "the unlabelled text the student learns from: task tsv files (their sentence columns), txt/jsonl/csv/"
+        "parquet files, globs, saved datasets or Hub ids; each distinct line is one training sentence", factory=list,
+    )
+    teacher: str | None = option(
+        None, "the frozen model whose sentence embedding the student learns (default model.backbone, the model the "
+        "student starts from)"
+    )
+    teacher_pooling: str = option("mean", "how the teacher's last layer becomes its sentence embedding",
+                                  choices=("mean", "cls"))
+    pooling: str = option("mean", "how the student's code becomes a sentence embedding (embed with the same pooling)",
+                          choices=("mean", "cls"))
+    loss: str = option(
+        "cosine+mse", "distance from the student's pooled code to the teacher's embedding: 1 - cosine, mean squared "
+        "error, or their sum", choices=DISTILL_LOSSES,
+    )
+    similarity_weight: float = option(
+        0.0, "weight of a relational term: the mean squared difference between the student's and the teacher's "
+        "in-batch cosine-similarity matrices (0: off)"
+    )
+    matryoshka_dims: list[int] = option(
+        None, "also match the first d dimensions for each d listed (nested, Matryoshka-style, e.g. [64, 128]); "
+        "the losses are averaged over the full width and these", factory=list,
+    )
+    max_length: int = option(128, "tokens per sentence for the student and the teacher (longer sentences are cut)")
+    train_embeddings: bool = option(
+        True, "train the embedding layer too (false trains only the encoder layers; at model.split_layer 0 the "
+        "embedding layer is the whole student and always trains)"
+    )
+    dropout: float = option(
+        0.0, "dropout in the student while it distils (the target is deterministic; 0 lets K = depth start at zero "
+        "loss); the saved config keeps the teacher's rates for later fine-tuning"
+    )
+    max_minutes: float | None = option(
+        None, "stop after this many minutes of training (a step boundary; resumed runs count the earlier minutes); "
+        "empty: training.max_steps alone bounds the run"
+    )
+    max_eval_texts: int = option(1000, "held-out sentences for the label-free signal (cosine to the teacher)")
+    teacher_cache: str | None = option(
+        None, "directory that caches the teacher's embeddings of the corpus, keyed by teacher, settings and text "
+        "(default <output_dir>/teacher); share one between runs that distil several layers from the same text"
+    )
+
+    def __post_init__(self) -> None:
+        if self.max_length < 2:
+            raise ConfigError(f"distill.max_length={self.max_length} must be at least 2 (a sentence and its markers).")
+        if self.similarity_weight < 0:
+            raise ConfigError(f"distill.similarity_weight={self.similarity_weight} must be 0 or more.")
+        if any(d < 1 for d in self.matryoshka_dims):
+            raise ConfigError(f"distill.matryoshka_dims {self.matryoshka_dims} must all be at least 1.")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ConfigError(f"distill.max_minutes={self.max_minutes} must be positive, or empty.")
+        if self.max_eval_texts < 1:
+            raise ConfigError(f"distill.max_eval_texts={self.max_eval_texts} must be at least 1.")
+
+
 @dataclass
 class Recipe:
     model: ModelArgs = option(None, "what to train", factory=ModelArgs)
@@ -240,6 +302,10 @@ class Recipe:
     data: DataArgs = option(None, "what to train and evaluate on", factory=DataArgs)
     training: TrainingArgs = option(None, "how to train", factory=TrainingArgs)
     growth: GrowthArgs = option(None, "optional progressive or layer-wise growth of the encoder", factory=GrowthArgs)
+    distill: DistillArgs | None = option(
+        None, "optional: distil the teacher's sentence embedding into the first model.split_layer layers instead of "
+        "denoising (what `maskae adapt --objective distill` runs)"
+    )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -450,11 +516,28 @@ def validate(recipe: Recipe) -> None:
     if model.objective == "rtd" and recipe.growth.stages:
         raise ConfigError("growth.stages cannot grow a model.objective=rtd model (its generator is sized from the "
                           "whole stack); leave growth.stages empty or use objective mlm.")
+    if recipe.distill is not None:
+        validate_distillation(recipe)
     if model.backbone is None and recipe.tokenizer.path is None and recipe.tokenizer.train is None:
         raise ConfigError(
             "a from-scratch model needs a tokenizer: set tokenizer.path, or tokenizer.train (e.g. "
             "--set tokenizer.train.vocab_size=8000)."
         )
+
+
+def validate_distillation(recipe: Recipe) -> None:
+    """A distillation recipe starts from a stock checkpoint, keeps its remaining layers as the decoder, and
+    has text to learn from."""
+    model, distill = recipe.model, recipe.distill
+    if model.backbone is None:
+        raise ConfigError("distillation starts from an existing encoder; set model.backbone (the MODEL of maskae adapt).")
+    if model.split_layer is None:
+        raise ConfigError("distillation needs the student's depth; set model.split_layer (maskae adapt --layer K).")
+    if model.decoder != "layers" or model.bottleneck is not None or model.objective != "mlm" or recipe.growth.stages:
+        raise ConfigError("distillation keeps the teacher's remaining layers as the decoder; leave model.decoder=layers, "
+                          "model.bottleneck and growth.stages empty, and model.objective=mlm.")
+    if not distill.corpus:
+        raise ConfigError("distillation needs unlabelled text; give distill.corpus (maskae adapt --corpus PATH).")
 
 
 def format_keys() -> str:

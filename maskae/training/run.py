@@ -1,7 +1,7 @@
 """`train`: run a recipe with the trainer it needs, holding the output directory's lock.
 
-The choice of trainer lives here, above `trainer` and `growth`, so that `growth` builds on `trainer`
-and nothing below imports upwards.
+The choice of trainer lives here, above `trainer`, `growth` and `distillation`, so that both build on
+`trainer` and nothing below imports upwards.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from accelerate.utils import get_int_from_env
 
 from ..errors import MaskAEError, StorageError
 from ..utils.run_lock import RunLock
+from .distillation import DistillationTrainer
 from .growth import GrowthTrainer
 from .recipe import Recipe
 from .trainer import Trainer
@@ -22,8 +23,9 @@ LOCK_FILE = "maskae.lock"
 
 
 def trainer_for(recipe: Recipe, output_dir: str | Path, resume: bool = False) -> Trainer:
-    """The trainer that runs `recipe`: `GrowthTrainer` when it grows the encoder in stages."""
-    trainer = GrowthTrainer if recipe.growth.stages else Trainer
+    """The trainer that runs `recipe`: `DistillationTrainer` for a distill section, `GrowthTrainer` when it
+    grows the encoder in stages."""
+    trainer = DistillationTrainer if recipe.distill is not None else GrowthTrainer if recipe.growth.stages else Trainer
     return trainer(recipe, output_dir, resume=resume)
 
 

@@ -117,15 +117,23 @@ class Trainer:
     # ---- setup
 
     def prepare(self) -> None:
+        """Accelerator, data, model, optimizer and scheduler, in that order; then resume if asked."""
+        self.accelerator = self.make_accelerator()
+        self.prepare_data()
+        self.prepare_model(self.initial_model())
+        if self.resume:
+            self._resume()
+
+    def make_accelerator(self) -> Accelerator:
+        """The Accelerator, after the checks that need it (no overwritten run, a batch that divides)."""
         args = self.args
-        self.accelerator = Accelerator(
+        accelerator = Accelerator(
             mixed_precision=args.mixed_precision,
             gradient_accumulation_steps=args.gradient_accumulation_steps,
             log_with=args.report_to or None,
             project_config=ProjectConfiguration(project_dir=str(self.output_dir)),
             step_scheduler_with_optimizer=False,  # one scheduler step per real optimizer step, any process count
         )
-        accelerator = self.accelerator
         if not self.resume and accelerator.is_main_process and checkpoints.complete_checkpoints(self.output_dir):
             raise CheckpointError(f"{self.output_dir} already holds checkpoints; pass --resume to continue that run, "
                                   "or choose another --output-dir.")
@@ -137,7 +145,11 @@ class Trainer:
             )
         self.output_dir.mkdir(parents=True, exist_ok=True)
         set_seed(args.seed)
+        return accelerator
 
+    def prepare_data(self) -> None:
+        """Tokenizer, tokenized training and held-out sets, the collator and the fixed noised held-out batches."""
+        args, accelerator = self.args, self.accelerator
         train_text, eval_text = load_texts(self.recipe)
         self.tokenizer = build_tokenizer(self.recipe, self.output_dir, accelerator)
         with accelerator.main_process_first():
@@ -154,7 +166,9 @@ class Trainer:
         self.collator = DataCollatorForDenoising(self.tokenizer, noise=self.recipe.noise, seed=args.seed)
         self.eval_batches = self._noised_eval_batches()
 
-        model = self.initial_model()
+    def prepare_model(self, model: torch.nn.Module) -> None:
+        """Compile or checkpoint as asked, build the optimizer and scheduler, and hand them to Accelerate."""
+        args, accelerator = self.args, self.accelerator
         if args.compile:
             model.compile_layers()
         if args.gradient_checkpointing:
@@ -166,8 +180,6 @@ class Trainer:
         accelerator.register_save_state_pre_hook(checkpoints.drop_tied_copies)
         accelerator.register_for_checkpointing(self.state)
         init_trackers(accelerator, self.recipe)
-        if self.resume:
-            self._resume()
 
     def initial_model(self) -> MaskAEForMaskedLM:
         """The model that training starts from; override to change its starting shape (growth starts shallow)."""
@@ -333,12 +345,13 @@ class Trainer:
         accelerator, args = self.accelerator, self.args
         started = time.perf_counter()
         self.clock_start = started - self._logged_seconds()  # a resumed run continues the logs' clock
+        self.on_train_start()
         self.model.train()
         window_tokens, window_start, window_wait, trained_tokens = 0, time.perf_counter(), 0.0, 0
         batches = self.batches()
         # Closed on the way out of an error too, so that the error is printed on a line of its own.
         with Progress(args.max_steps, initial=self.state.step, enabled=accelerator.is_local_main_process) as progress:
-            while self.state.step < args.max_steps:
+            while self.state.step < args.max_steps and not self.out_of_time():
                 waited = time.perf_counter()
                 batch = next(batches)
                 window_wait += time.perf_counter() - waited
@@ -352,7 +365,7 @@ class Trainer:
                 progress.update(1)
                 if not math.isfinite(loss):
                     self._diverged(loss)
-                if self.state.step % args.logging_steps == 0 or self.state.step == args.max_steps:
+                if self.state.step % args.logging_steps == 0 or self.state.step == args.max_steps or self.out_of_time():
                     elapsed = time.perf_counter() - window_start
                     record = {"step": self.state.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
                               "tokens_per_s": window_tokens / max(elapsed, 1e-9), "grad_norm": outcome["grad_norm"],
@@ -372,6 +385,13 @@ class Trainer:
         self.save_final(results)
         accelerator.end_training()
         return results
+
+    def on_train_start(self) -> None:
+        """Work before the first step of this process's run (none here; distillation scores its start)."""
+
+    def out_of_time(self) -> bool:
+        """Whether a wall-clock budget is spent (none here; distillation has one): checked before each step."""
+        return False
 
     def epoch(self) -> float:
         """Passes over the training data so far (when streaming: the pass the stream is in)."""

@@ -1,0 +1,296 @@
+"""Distil a teacher's sentence embedding into the first K layers of itself: early exit that keeps quality.
+
+The student is the teacher split at K (`model.split_layer`): the encoder (embeddings and layers 1..K)
+trains so that its pooled code matches the frozen teacher's sentence embedding of the same text, and the
+remaining layers stay as they are, as the decoder. The result is an ordinary MaskAE run whose code is
+layer K, so embed, evaluate, whiten and every export take it. K = 0 leaves the embedding layer alone:
+a static embedding (a lookup and a mean, no attention), the method of tokenlearn / model2vec's potion
+models; K = depth starts at zero loss.
+
+The loop is `Trainer`'s (Accelerate, step-keyed batches, exact resume, atomic checkpoints, the run lock);
+what changes is the data (sentences and the cached teacher vectors of each, `teacher`), the loss, the
+label-free evaluation (cosine to the teacher on held-out sentences) and the kept model: the evaluation's
+best, saved in `best/` as training goes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate.utils import extract_model_from_parallel
+from datasets import Dataset
+from safetensors.torch import load_file, save_file
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+from transformers import AutoConfig
+
+from ..data.corpus import corpus_texts, sample_texts
+from ..data.sampling import StepBatchSampler, TaggedRows
+from ..configuration_maskae import num_layers
+from ..errors import CheckpointError, ConfigError, DataError, TokenizerError
+from ..modeling_maskae import MaskAEForMaskedLM, MaskAEModel, pool
+from .builders import build_model, build_tokenizer
+from .teacher import teacher_embeddings
+from .trainer import Trainer
+
+BEST_DIR = "best"
+
+
+def distillation_loss(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    loss: str = "cosine+mse",
+    similarity_weight: float = 0.0,
+    matryoshka_dims: list[int] | tuple[int, ...] = (),
+) -> torch.Tensor:
+    """Mean over the batch of the distance between student and teacher sentence vectors [batch, dim]:
+    `1 - cosine`, the mean squared error per dimension, or both; averaged over the full width and each
+    nested width in `matryoshka_dims`, plus `similarity_weight` x the mean squared difference of the
+    two in-batch cosine-similarity matrices."""
+    student, teacher = student.float(), teacher.float()
+    widths = [student.shape[-1], *(d for d in matryoshka_dims if d < student.shape[-1])]
+    total = student.new_zeros(())
+    for width in widths:
+        s, t = student[:, :width], teacher[:, :width]
+        if "cosine" in loss:
+            total = total + (1 - F.cosine_similarity(s, t, dim=-1)).mean()
+        if "mse" in loss:
+            total = total + F.mse_loss(s, t)
+        if similarity_weight:
+            s, t = F.normalize(s, dim=-1), F.normalize(t, dim=-1)
+            total = total + similarity_weight * F.mse_loss(s @ s.T, t @ t.T)
+    return total / len(widths)
+
+
+class DistillationCollator:
+    """Pads a batch of tagged rows and brings the teacher's vector of each along."""
+
+    def __init__(self, targets: torch.Tensor, pad_token_id: int) -> None:
+        self.targets, self.pad_token_id = targets, pad_token_id
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(row["input_ids"]) for row in rows)
+        input_ids = np.full((len(rows), width), self.pad_token_id, dtype=np.int64)
+        attention_mask = np.zeros((len(rows), width), dtype=np.int64)
+        for i, row in enumerate(rows):
+            input_ids[i, : len(row["input_ids"])] = row["input_ids"]
+            attention_mask[i, : len(row["input_ids"])] = 1
+        index = torch.tensor([row["noise_index"] for row in rows])
+        return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention_mask),
+                "target": self.targets[index]}
+
+
+class DistillationTrainer(Trainer):
+    """`Trainer` with the distillation objective; see the module docstring."""
+
+    # ---- data
+
+    def prepare_data(self) -> None:
+        recipe, distill, accelerator = self.recipe, self.recipe.distill, self.accelerator
+        self.check_depth()
+        texts = self._sentences(distill.corpus)
+        if recipe.data.validation is not None:
+            held_out = self._sentences([recipe.data.validation])
+        else:
+            cut = len(texts) - max(1, round(len(texts) * recipe.data.validation_fraction))
+            texts, held_out = texts[:cut], texts[cut:]
+        held_out = sample_texts(held_out, distill.max_eval_texts, seed=self.args.seed)
+        if len(texts) < self.args.batch_size:
+            raise DataError(f"the corpus has {len(texts)} distinct training sentences, fewer than one batch "
+                            f"(training.batch_size={self.args.batch_size}); give more text or lower the batch size.")
+        self.tokenizer = build_tokenizer(recipe, self.output_dir, accelerator)
+        self.check_tokenizer()
+        teacher = distill.teacher or recipe.model.backbone
+        cache = Path(distill.teacher_cache) if distill.teacher_cache else self.output_dir / "teacher"
+        with accelerator.main_process_first():  # the main process computes, the others read its cache
+            settings = dict(cache_dir=cache, pooling=distill.teacher_pooling, max_length=distill.max_length,
+                            show_progress=accelerator.is_local_main_process)
+            self.train_targets = teacher_embeddings(teacher, texts, **settings)
+            self.eval_targets = teacher_embeddings(teacher, held_out, **settings)
+        self.train_set = Dataset.from_dict({"input_ids": self._tokenize(texts)})
+        self.eval_ids = self._tokenize(held_out)
+        self.collator = DistillationCollator(self.train_targets, self.tokenizer.pad_token_id)
+        self.eval_batches = [
+            DistillationCollator(self.eval_targets, self.tokenizer.pad_token_id)(
+                [{"input_ids": ids, "noise_index": start + i} for i, ids in enumerate(self.eval_ids[start:start + size])]
+            )
+            for size in [self.args.eval_batch_size] for start in range(0, len(self.eval_ids), size)
+        ]
+        self.best = {"step": None, "teacher_cosine": -2.0}
+
+    def check_depth(self) -> None:
+        """K must be a layer of the teacher: refused before the teacher embeds anything."""
+        backbone, layer = self.recipe.model.backbone, self.recipe.model.split_layer
+        try:
+            self.teacher_config = AutoConfig.from_pretrained(backbone)
+            depth = num_layers(self.teacher_config)
+        except (OSError, ValueError) as error:
+            raise CheckpointError(f"cannot load a model config from {backbone!r} ({error}); pass a directory with a "
+                                  "config.json or a Hub model id.") from None
+        if not 0 <= layer <= depth:
+            raise ConfigError(f"layer {layer} is out of range: {backbone!r} has {depth} layers; choose 0 (the "
+                              f"embedding layer alone) to {depth}.")
+
+    def check_tokenizer(self) -> None:
+        """A directory without vocabulary files still loads as a tokenizer of a few special tokens, which
+        would map every word to [UNK]: refused, as is one without padding."""
+        vocab = getattr(self.teacher_config, "vocab_size", None)
+        source = self.recipe.tokenizer.path or self.recipe.model.backbone
+        if vocab and len(self.tokenizer) < vocab // 2:
+            raise TokenizerError(
+                f"the tokenizer of {source!r} has {len(self.tokenizer)} tokens for a model of {vocab} embeddings: its "
+                "vocabulary files (tokenizer.json, vocab.txt, ...) are missing; save the tokenizer beside the model or "
+                "set tokenizer.path."
+            )
+        if self.tokenizer.pad_token_id is None:
+            raise TokenizerError(f"the tokenizer of {source!r} has no padding token; set tokenizer.path to one that has.")
+
+    def _sentences(self, sources: list[str]) -> list[str]:
+        """Every distinct non-blank line (a task tsv: sentence) of `sources`, in order of first appearance."""
+        texts = []
+        for source in sources:
+            texts.extend(corpus_texts(source, None, self.recipe.data.text_column))
+        texts = list(dict.fromkeys(texts))
+        if not texts:
+            raise DataError(f"{', '.join(map(str, sources))} holds no text to distil on; give a corpus with sentences.")
+        return texts
+
+    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        return self.tokenizer(texts, truncation=True, max_length=self.recipe.distill.max_length,
+                              return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+
+    def batches(self):
+        args, accelerator = self.args, self.accelerator
+        sampler = StepBatchSampler(len(self.train_set), args.batch_size, args.seed, accelerator.process_index,
+                                   accelerator.num_processes, start_step=self.state.step)
+        return iter(DataLoader(TaggedRows(self.train_set), batch_sampler=sampler, collate_fn=self.collator,
+                               num_workers=self.num_workers(), generator=torch.Generator().manual_seed(args.seed)))
+
+    # ---- model
+
+    def initial_model(self) -> MaskAEForMaskedLM:
+        """The teacher split at K; only the encoder trains (the embeddings too, unless told otherwise)."""
+        model = build_model(self.recipe, self.tokenizer)
+        train_embeddings = self.recipe.distill.train_embeddings or model.config.split_layer == 0
+        for name, parameter in model.named_parameters():
+            in_encoder = name.startswith("maskae.")
+            parameter.requires_grad = in_encoder and (train_embeddings or ".embeddings." not in f".{name}")
+        return model
+
+    def prepare_model(self, model: MaskAEForMaskedLM) -> None:
+        """Accelerate prepares the encoder alone: the frozen decoder is not run, and saved only at the end."""
+        self.full_model = model
+        for module in model.maskae.modules():  # the saved config keeps the teacher's rates
+            if isinstance(module, torch.nn.Dropout):
+                module.p = self.recipe.distill.dropout
+        super().prepare_model(model.maskae)
+
+    # ---- steps
+
+    def student(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        code = self.model(input_ids=input_ids, attention_mask=attention_mask).code
+        return pool(code, attention_mask, self.recipe.distill.pooling)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        distill = self.recipe.distill
+        return distillation_loss(self.student(batch["input_ids"], batch["attention_mask"]), batch["target"],
+                                 distill.loss, distill.similarity_weight, distill.matryoshka_dims)
+
+    def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float | None]:
+        """One optimizer step; the loss is the global batch's mean (each micro-batch weighted by its rows)."""
+        accelerator, args = self.accelerator, self.args
+        rows = args.batch_size // accelerator.num_processes
+        loss_sum = torch.zeros((), device=accelerator.device)
+        grad_norm = None
+        for micro in self.micro_batches(batch):
+            with accelerator.accumulate(self.model):
+                share = len(micro["input_ids"]) / rows
+                loss = self.loss(micro) * share
+                accelerator.backward(loss * args.gradient_accumulation_steps)
+                loss_sum += loss.detach()
+                if accelerator.sync_gradients and args.max_grad_norm is not None:
+                    grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+        if not accelerator.optimizer_step_was_skipped:
+            self.scheduler.step()
+        loss = accelerator.reduce(loss_sum, reduction="mean").item()
+        tokens = int(accelerator.reduce(batch["attention_mask"].sum().to(accelerator.device), reduction="sum"))
+        return {"loss": loss, "grad_norm": None if grad_norm is None else float(grad_norm), "targets": args.batch_size,
+                "tokens": tokens}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """The label-free signal: mean cosine between the student's and the teacher's embeddings of the
+        held-out sentences, and the training loss there; the best model so far is kept in `best/`."""
+        model = self.model
+        was_training = model.training
+        model.eval()
+        cosines, losses = [], []
+        for batch in self.eval_batches:
+            batch = {key: value.to(self.accelerator.device) for key, value in batch.items()}
+            student = self.student(batch["input_ids"], batch["attention_mask"])
+            cosines.append(F.cosine_similarity(student.float(), batch["target"].float(), dim=-1))
+            losses.append(self.loss(batch) * len(student))
+        model.train(was_training)
+        results = {"teacher_cosine": float(torch.cat(cosines).mean()),
+                   "loss": float(sum(losses)) / len(self.eval_ids)}
+        if results["teacher_cosine"] > self.best["teacher_cosine"]:
+            self.best = {"step": self.state.step, **results}
+            self.save_best()
+        return {**results, "best_step": self.best["step"], "best_teacher_cosine": self.best["teacher_cosine"]}
+
+    def on_train_start(self) -> None:
+        """A new run scores the starting point first: the kept model is never worse than the teacher's own
+        layer K (at K = depth, the teacher itself)."""
+        if self.state.step == 0:
+            self._log("eval_log.jsonl", {"step": 0, **{f"eval_{k}": v for k, v in self.evaluate().items()}})
+
+    # ---- time and saving
+
+    def out_of_time(self) -> bool:
+        minutes = self.recipe.distill.max_minutes
+        return minutes is not None and time.perf_counter() - self.clock_start >= 60 * minutes
+
+    def epoch(self) -> float:
+        return self.state.step / (len(self.train_set) // self.args.batch_size)
+
+    def save_best(self) -> None:
+        """The encoder's weights and their evaluation, in `best/` (written beside it, then renamed)."""
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            best, partial = self.output_dir / BEST_DIR, self.output_dir / f"{BEST_DIR}.tmp"
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+            encoder = extract_model_from_parallel(self.model)
+            state = {key: value.detach().contiguous().cpu() for key, value in encoder.state_dict().items()}
+            save_file(state, partial / "encoder.safetensors")
+            (partial / "best.json").write_text(json.dumps(self.best, indent=2) + "\n")
+            shutil.rmtree(best, ignore_errors=True)
+            os.replace(partial, best)
+        self.accelerator.wait_for_everyone()
+
+    def _resume(self) -> None:
+        super()._resume()
+        best = self.output_dir / BEST_DIR / "best.json"
+        if best.is_file():
+            self.best = json.loads(best.read_text())
+            if self.best["step"] is not None and self.best["step"] > self.state.step:
+                self.best = {"step": None, "teacher_cosine": -2.0}  # written after the checkpoint resumed from
+
+    def save_final(self, results: dict[str, float]) -> None:
+        """The best model by held-out cosine to the teacher (the whole split model, frozen decoder included)."""
+        encoder: MaskAEModel = extract_model_from_parallel(self.model)
+        best = self.output_dir / BEST_DIR / "encoder.safetensors"
+        if best.is_file() and self.best["step"] != self.state.step:
+            encoder.load_state_dict(load_file(best))
+            results.update({k: v for k, v in self.best.items() if k != "step"})  # train() returns this dict
+        results["distilled_layer"] = self.full_model.config.split_layer
+        self.model = self.full_model  # what the base class saves: the whole model
+        super().save_final(results)

@@ -1,0 +1,64 @@
+"""The teacher's sentence embeddings of a distillation corpus, computed once and cached on disk.
+
+On a CPU, embedding the corpus with the whole teacher costs as much as minutes of student training, and
+every run that distils another layer from the same text needs the same vectors. So they are stored as
+safetensors (written to a temporary name, then renamed) under a key made of the teacher, its settings
+and the text itself: a changed corpus or setting computes afresh, never reuses stale vectors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..embeddings.embedder import Embedder
+
+
+def cache_key(teacher: str, pooling: str, max_length: int, texts: Sequence[str]) -> str:
+    """A digest of what the vectors depend on: the teacher (a local directory by its resolved path and
+    weights' size and time), the pooling, the truncation length and every text in order."""
+    identity = {"teacher": teacher, "pooling": pooling, "max_length": max_length}
+    path = Path(teacher)
+    if path.is_dir():
+        identity["teacher"] = str(path.resolve())
+        identity["weights"] = sorted(
+            (f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in path.glob("*.safetensors")
+        )
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode())
+    for text in texts:
+        digest.update(text.encode("utf-8", "surrogatepass") + b"\0")
+    return digest.hexdigest()[:24]
+
+
+def teacher_embeddings(
+    teacher: str | Embedder,
+    texts: Sequence[str],
+    cache_dir: str | Path,
+    pooling: str = "mean",
+    max_length: int = 128,
+    batch_size: int = 64,
+    show_progress: bool = True,
+) -> torch.Tensor:
+    """[len(texts), dim] float32: the teacher's pooled last layer for each text (no whitening, not
+    normalised), read from `cache_dir` when an earlier run computed it."""
+    name = teacher if isinstance(teacher, str) else teacher.model.name_or_path
+    path = Path(cache_dir) / f"teacher-{cache_key(name, pooling, max_length, texts)}.safetensors"
+    if path.is_file():
+        vectors = load_file(path)["embeddings"]
+        if vectors.shape[0] == len(texts):
+            return vectors
+    embedder = Embedder.from_pretrained(teacher) if isinstance(teacher, str) else teacher
+    vectors = torch.from_numpy(embedder.embed(list(texts), pooling=pooling, max_length=min(max_length, embedder.max_length),
+                                              batch_size=batch_size, whiten=False, show_progress=show_progress))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    save_file({"embeddings": vectors.contiguous()}, partial, metadata={"teacher": name, "pooling": pooling,
+                                                                     "max_length": str(max_length)})
+    os.replace(partial, path)
+    return vectors
