@@ -20,7 +20,7 @@ from typing import Callable
 
 import pytest
 from conftest import RECIPES, SHRINK, tiny_stock, tiny_tokenizer
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, BertTokenizerFast
 
 from maskae import MaskAEForMaskedLM
 from maskae.cli import main
@@ -61,6 +61,8 @@ def ws(tmp_path_factory) -> Path:
     model = root / "model"
     tiny_stock("bert").save_pretrained(model)
     tiny_tokenizer(model)
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # a tokenizer with nothing but its special tokens
+    BertTokenizerFast(vocab={token: index for index, token in enumerate(special)}).save_pretrained(root / "special-only")
     autoencoder = root / "maskae"
     MaskAEForMaskedLM.from_backbone(model, split_layer=2).save_pretrained(autoencoder)
     AutoTokenizer.from_pretrained(model).save_pretrained(autoencoder)
@@ -156,7 +158,7 @@ TABLE = [
     Case("train: image named .txt", lambda ws: train(ws, f"data.train={ws / 'picture.txt'}"), "are not UTF-8"),
     Case("train: corpus of one line", lambda ws: train(ws, f"data.train={ws / 'one-line.txt'}"), "too few to hold out"),
     Case("train: corpus dir without corpora", lambda ws: train(ws, f"data.train={ws / 'empty-dir'}"), "no corpus files"),
-    Case("train: tokenizer of special tokens only", lambda ws: train(ws, f"tokenizer.path={ws / 'model'}"),
+    Case("train: tokenizer of special tokens only", lambda ws: train(ws, f"tokenizer.path={ws / 'special-only'}"),
          "has only its 5 special tokens"),
     Case("train: tokenizer path missing", lambda ws: train(ws, f"tokenizer.path={ws / 'nope'}"), "cannot load a tokenizer"),
     Case("train: backbone is a file", lambda ws: train(ws, f"model.backbone={ws / 'a-file'}"), "a-file"),

@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         raise CheckpointError(f"cannot load a MaskAE model from {args.model} ({error}); pass a maskae model directory.") from None
     tokenizer = _tokenizer(args)
     recipe = _yaml_file(args.recipe or args.model / "recipe.yaml", required=args.recipe is not None)
-    data = (recipe or {}).get("data") or {}
+    data = _data_section(recipe)
     with tempfile.TemporaryDirectory() as scratch:
         out = save_for_hub(
             model.eval(),
@@ -131,6 +131,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_section(recipe: dict | None) -> dict:
+    """The recipe's data section; a distillation run's text is its distill.corpus (measured on a held-out share)."""
+    data = dict((recipe or {}).get("data") or {})
+    corpus = ((recipe or {}).get("distill") or {}).get("corpus")
+    if corpus and not data.get("train"):
+        data["train"] = corpus[0]
+    return data
+
+
 def _objective(model_dir: Path) -> str:
     from transformers import AutoConfig
 
@@ -146,7 +155,7 @@ def _run_sentence_transformers(args: argparse.Namespace) -> int:
     from ..export.sentence_transformers import save_sentence_transformer
 
     recipe = _yaml_file(args.recipe or args.model / "recipe.yaml", required=args.recipe is not None)
-    data = (recipe or {}).get("data") or {}
+    data = _data_section(recipe)
     with tempfile.TemporaryDirectory() as scratch:
         out = save_sentence_transformer(
             str(args.model),

@@ -18,6 +18,8 @@ KNOWN_METRICS = {
     "replaced_accuracy": ("token-classification", "accuracy", "Replaced-token detection accuracy"),
     "sts_spearman": ("sentence-similarity", "spearmanr", "STS Spearman correlation"),
     "probe_accuracy": ("text-classification", "accuracy", "Linear-probe accuracy"),
+    "teacher_cosine": ("feature-extraction", "cosine", "Cosine to the teacher's sentence embedding (held-out text)"),
+    "speedup_vs_teacher": ("feature-extraction", "speedup", "Embedding speed, x the teacher's (same CPU, same text)"),
 }
 
 

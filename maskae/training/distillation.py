@@ -33,6 +33,7 @@ from transformers import AutoConfig
 from ..data.corpus import corpus_texts, sample_texts
 from ..data.sampling import StepBatchSampler, TaggedRows
 from ..configuration_maskae import num_layers
+from ..embeddings.embedder import Embedder
 from ..errors import CheckpointError, ConfigError, DataError, TokenizerError
 from ..modeling_maskae import MaskAEForMaskedLM, MaskAEModel, pool
 from .builders import build_model, build_tokenizer
@@ -114,7 +115,7 @@ class DistillationTrainer(Trainer):
             self.train_targets = teacher_embeddings(teacher, texts, **settings)
             self.eval_targets = teacher_embeddings(teacher, held_out, **settings)
         self.train_set = Dataset.from_dict({"input_ids": self._tokenize(texts)})
-        self.eval_ids = self._tokenize(held_out)
+        self.eval_ids, self.held_out = self._tokenize(held_out), held_out
         self.collator = DistillationCollator(self.train_targets, self.tokenizer.pad_token_id)
         self.eval_batches = [
             DistillationCollator(self.eval_targets, self.tokenizer.pad_token_id)(
@@ -292,5 +293,22 @@ class DistillationTrainer(Trainer):
             encoder.load_state_dict(load_file(best))
             results.update({k: v for k, v in self.best.items() if k != "step"})  # train() returns this dict
         results["distilled_layer"] = self.full_model.config.split_layer
+        if self.accelerator.is_main_process:
+            results.update(self.measure_speed(encoder))
         self.model = self.full_model  # what the base class saves: the whole model
         super().save_final(results)
+
+    @torch.inference_mode()
+    def measure_speed(self, encoder: MaskAEModel) -> dict[str, float]:
+        """Sentences per second of the student and of the teacher on the held-out sentences, one after
+        the other in this process: the speed that the model card quotes beside the quality."""
+        texts = self.held_out
+        teacher = Embedder.from_pretrained(self.recipe.distill.teacher or self.recipe.model.backbone,
+                                           device=self.accelerator.device)
+        speeds = {}
+        for name, embedder in (("teacher_sentences_per_s", teacher), ("sentences_per_s", Embedder(encoder, self.tokenizer))):
+            embedder.embed(texts[:64], pooling=self.recipe.distill.pooling)  # warm-up
+            start = time.perf_counter()
+            embedder.embed(texts, pooling=self.recipe.distill.pooling)
+            speeds[name] = len(texts) / (time.perf_counter() - start)
+        return {**speeds, "speedup_vs_teacher": speeds["sentences_per_s"] / speeds["teacher_sentences_per_s"]}

@@ -1,5 +1,6 @@
-"""Figures that make embeddings visible: a per-layer quality curve (which layer embeds best?) and a
-2-D map of sentences coloured by label (does the code separate the classes?)."""
+"""Figures that make embeddings visible: a per-layer quality curve (which layer embeds best?), a 2-D map
+of sentences coloured by label (does the code separate the classes?) and the speed/quality frontier
+(which embedding is worth its cost?)."""
 
 from __future__ import annotations
 
@@ -64,6 +65,53 @@ def plot_embedding_map(
     axes.set_yticks([])
     axes.legend(title="label", markerscale=2)
     return _save(figure, output)
+
+
+FRONTIER_STYLES = {"off-the-shelf": ("o", "tab:gray"), "distilled": ("s", "tab:blue"), "anchor": ("^", "tab:red")}
+
+
+def plot_frontier(points: Sequence[Mapping], output: str | Path, quality: str = "stsb", title: str = "") -> Path:
+    """Quality against speed (log scale, as a ratio to the first point's speed) for every point of a
+    `benchmarks/bench_frontier.py` JSON file; the points that nothing beats on both axes are joined."""
+    if not points:
+        raise DataError("the frontier file holds no points; run benchmarks/bench_frontier.py --json FILE first.")
+    missing = [p.get("name", "?") for p in points if quality not in p or "speed_ratio" not in p]
+    if missing:
+        raise DataError(f"points {', '.join(missing[:3])} lack {quality!r} or speed_ratio; pass a file written by "
+                        "benchmarks/bench_frontier.py --json.")
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for kind, (marker, colour) in FRONTIER_STYLES.items():
+        chosen = [p for p in points if p.get("kind") == kind]
+        axes.scatter([p["speed_ratio"] for p in chosen], [p[quality] for p in chosen], marker=marker, color=colour,
+                     s=40, label=kind, zorder=3)
+        for p in chosen:
+            axes.annotate(_short_name(p), (p["speed_ratio"], p[quality]), fontsize=7, xytext=(4, 3),
+                          textcoords="offset points")
+    front = sorted(frontier(points, quality), key=lambda p: p["speed_ratio"])
+    axes.plot([p["speed_ratio"] for p in front], [p[quality] for p in front], color="tab:blue", alpha=0.4, zorder=2,
+              label="frontier")
+    axes.set_xscale("log")
+    axes.set_xlabel("speed (x sentence-transformers encode, log scale)")
+    axes.set_ylabel({"stsb": "STS-B test Spearman x100"}.get(quality, quality))
+    axes.set_title(title)
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(fontsize=8)
+    return _save(figure, output)
+
+
+def frontier(points: Sequence[Mapping], quality: str = "stsb") -> list[Mapping]:
+    """The points that no other point beats on both speed and quality (Pareto-optimal)."""
+    return [p for p in points if not any(
+        q["speed_ratio"] >= p["speed_ratio"] and q[quality] >= p[quality]
+        and (q["speed_ratio"] > p["speed_ratio"] or q[quality] > p[quality]) for q in points)]
+
+
+def _short_name(point: Mapping) -> str:
+    if point.get("kind") == "off-the-shelf":
+        return f"L{point['layer']}"
+    if point.get("kind") == "distilled":
+        return f"L{point['layer']} distilled"
+    return str(point["name"]).split(" (")[0]
 
 
 def _save(figure: plt.Figure, output: str | Path) -> Path:
