@@ -116,7 +116,10 @@ def main() -> None:
         add(f"distilled, layer {k} ({run.name})", "distilled", k, lambda texts, s=student: s.embed(texts))
 
     if args.model2vec is not None:
-        from model2vec import StaticModel
+        try:
+            from model2vec import StaticModel
+        except ImportError:
+            raise SystemExit("bench_frontier: error: --model2vec needs model2vec; pip install -e '.[bench]'") from None
 
         static = StaticModel.from_pretrained(str(args.model2vec))
         add(f"model2vec distill ({static.dim} dims)", "anchor", 0,

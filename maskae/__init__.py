@@ -35,6 +35,7 @@ _EXPORTS = {
     "export_stock": "export.stock",
     "save_for_hub": "export.hub",
     "save_sentence_transformer": "export.sentence_transformers",
+    "distill": "training.run",
 }
 __all__ = list(_EXPORTS)
 
@@ -79,3 +80,4 @@ if TYPE_CHECKING:
         MaskAEModel,
         MaskAEPreTrainedModel,
     )
+    from .training.run import distill

@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import AutoConfig, AutoModelForMaskedLM, PreTrainedModel
 from transformers.utils import ModelOutput
+from transformers.utils import logging as hf_logging
 
 from .backbones import Backbone, get_backbone
 from .configuration_maskae import MaskAEConfig, num_layers, with_num_layers
@@ -198,7 +199,14 @@ class MaskAEPreTrainedModel(PreTrainedModel):
                 f"split_layer={split_layer} is out of range for {name_or_path!r}, which has {total} layers; "
                 f"choose {lowest} <= split_layer <= {total}."
             )
-        stock = AutoModelForMaskedLM.from_pretrained(name_or_path)
+        # transformers' load report would list the MLM head that a sentence encoder lacks; maskae checks
+        # below that everything else loaded, and says so in one line if not.
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            stock = AutoModelForMaskedLM.from_pretrained(name_or_path)
+        finally:
+            hf_logging.set_verbosity(verbosity)
         config = MaskAEConfig(
             base_config=stock.config.to_dict(),
             split_layer=split_layer,

@@ -1,7 +1,8 @@
 """Sentence and token embeddings from any layer of a MaskAE model or a stock encoder.
 
 Extracting layer k runs only the embeddings and the first k layers (early exit), so a middle layer
-costs a fraction of a full forward pass. Texts are tokenised once, sorted by token length so that
+costs a fraction of a full forward pass, and layer 0 (a static embedding, such as a distilled
+`split_layer` 0 model) is a lookup and a mean. Texts are tokenised once, sorted by token length so that
 each batch carries almost no padding, and returned in input order.
 """
 
@@ -169,6 +170,8 @@ class Embedder:
     ) -> dict[int, torch.Tensor]:
         """The hidden states at `layers`, running nothing above the highest of them."""
         depth = max(layers)
+        if depth == 0 and (self.is_maskae or self.adapter is not None):
+            return {0: self._static(input_ids)}
         if self.is_maskae:
             _, states, _ = self.model.run(input_ids, attention_mask, num_layers=depth, output_hidden_states=True)
             return {k: states[k] for k in layers}
@@ -187,12 +190,18 @@ class Embedder:
             states[depth] = getattr(base, adapter.final_norm)(hidden)
         return {k: states[k] for k in layers}
 
+    def _static(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Layer 0 alone: the embedding layer's lookup, with no attention mask or rotary tables to build."""
+        if self.is_maskae:
+            return self.model.backbone_adapter.embed(self.model.backbone, input_ids)
+        return self.adapter.embed(self.model, input_ids)
+
     def _represent(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: list[int] | None, layer_combine: str
     ) -> torch.Tensor:
         """[batch, seq, dim] token vectors (or [batch, dim] for a sentence-bottleneck code)."""
         if layers is None:
-            hidden, _, _ = self.model.run(input_ids, attention_mask)
+            hidden = self._static(input_ids) if self.num_layers == 0 else self.model.run(input_ids, attention_mask)[0]
             return self.model.encode(hidden, attention_mask)
         states = self._hidden_states(input_ids, attention_mask, layers)
         chosen = [states[k] for k in layers]

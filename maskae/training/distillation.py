@@ -30,9 +30,9 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from transformers import AutoConfig
 
+from ..configuration_maskae import num_layers
 from ..data.corpus import corpus_texts, sample_texts
 from ..data.sampling import StepBatchSampler, TaggedRows
-from ..configuration_maskae import num_layers
 from ..embeddings.embedder import Embedder
 from ..errors import CheckpointError, ConfigError, DataError, TokenizerError
 from ..modeling_maskae import MaskAEForMaskedLM, MaskAEModel, pool
@@ -98,9 +98,11 @@ class DistillationTrainer(Trainer):
         texts = self._sentences(distill.corpus)
         if recipe.data.validation is not None:
             held_out = self._sentences([recipe.data.validation])
-        else:
-            cut = len(texts) - max(1, round(len(texts) * recipe.data.validation_fraction))
-            texts, held_out = texts[:cut], texts[cut:]
+        else:  # a seeded random share: corpora are often sorted (by source, genre, date)
+            order = np.random.default_rng(self.args.seed).permutation(len(texts))
+            cut = max(1, round(len(texts) * recipe.data.validation_fraction))
+            held_out = [texts[i] for i in sorted(order[:cut])]
+            texts = [texts[i] for i in sorted(order[cut:])]
         held_out = sample_texts(held_out, distill.max_eval_texts, seed=self.args.seed)
         if len(texts) < self.args.batch_size:
             raise DataError(f"the corpus has {len(texts)} distinct training sentences, fewer than one batch "
@@ -117,12 +119,9 @@ class DistillationTrainer(Trainer):
         self.train_set = Dataset.from_dict({"input_ids": self._tokenize(texts)})
         self.eval_ids, self.held_out = self._tokenize(held_out), held_out
         self.collator = DistillationCollator(self.train_targets, self.tokenizer.pad_token_id)
-        self.eval_batches = [
-            DistillationCollator(self.eval_targets, self.tokenizer.pad_token_id)(
-                [{"input_ids": ids, "noise_index": start + i} for i, ids in enumerate(self.eval_ids[start:start + size])]
-            )
-            for size in [self.args.eval_batch_size] for start in range(0, len(self.eval_ids), size)
-        ]
+        eval_rows = [{"input_ids": ids, "noise_index": i} for i, ids in enumerate(self.eval_ids)]
+        eval_collator, size = DistillationCollator(self.eval_targets, self.tokenizer.pad_token_id), self.args.eval_batch_size
+        self.eval_batches = [eval_collator(eval_rows[start:start + size]) for start in range(0, len(eval_rows), size)]
         self.best = {"step": None, "teacher_cosine": -2.0}
 
     def check_depth(self) -> None:
@@ -277,13 +276,25 @@ class DistillationTrainer(Trainer):
             os.replace(partial, best)
         self.accelerator.wait_for_everyone()
 
-    def _resume(self) -> None:
-        super()._resume()
-        best = self.output_dir / BEST_DIR / "best.json"
-        if best.is_file():
-            self.best = json.loads(best.read_text())
-            if self.best["step"] is not None and self.best["step"] > self.state.step:
-                self.best = {"step": None, "teacher_cosine": -2.0}  # written after the checkpoint resumed from
+    def add_to_checkpoint(self, partial: Path) -> None:
+        """The best model so far belongs to the resumable state: a resumed run continues with the best it
+        had at that step, not with a later one that a killed run left in `best/`."""
+        best = self.output_dir / BEST_DIR
+        if best.is_dir():
+            shutil.copytree(best, partial / BEST_DIR)
+
+    def restore_from_checkpoint(self, checkpoint: Path) -> None:
+        saved = checkpoint / BEST_DIR
+        if not saved.is_dir():
+            return
+        self.best = json.loads((saved / "best.json").read_text())
+        if self.accelerator.is_main_process:
+            partial = self.output_dir / f"{BEST_DIR}.tmp"
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.copytree(saved, partial)
+            shutil.rmtree(self.output_dir / BEST_DIR, ignore_errors=True)
+            os.replace(partial, self.output_dir / BEST_DIR)
+        self.accelerator.wait_for_everyone()
 
     def save_final(self, results: dict[str, float]) -> None:
         """The best model by held-out cosine to the teacher (the whole split model, frozen decoder included)."""

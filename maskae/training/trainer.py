@@ -206,6 +206,7 @@ class Trainer:
                                   "before it, or rerun without --resume into a new --output-dir.") from None
         if self.recipe.data.streaming:
             self._restore_stream_position(checkpoint)
+        self.restore_from_checkpoint(checkpoint)
         logger.info("resumed from %s at step %d", checkpoint, self.state.step)
         if self.accelerator.is_main_process:
             for name in ("log.jsonl", "eval_log.jsonl"):
@@ -223,6 +224,12 @@ class Trainer:
                 f"with {len(streams)} (accelerate launch --num_processes {len(streams)}), or restart without --resume."
             )
         self.state.stream = streams[self.accelerator.process_index]
+
+    def add_to_checkpoint(self, partial: Path) -> None:
+        """Main process: files of the run's own state to keep in the checkpoint being written (none here)."""
+
+    def restore_from_checkpoint(self, checkpoint: Path) -> None:
+        """Bring back what `add_to_checkpoint` kept, after the states loaded (nothing here)."""
 
     def prepare_to_load(self, checkpoint: Path) -> None:
         """Shape the model like `checkpoint` before its states load; override where shapes change (growth)."""
@@ -451,6 +458,7 @@ class Trainer:
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
                 self.recipe.save(partial / "recipe.yaml")
+                self.add_to_checkpoint(partial)
                 checkpoints.mark_complete(partial, step)
         except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
             if accelerator.is_main_process:
