@@ -13,10 +13,10 @@ from transformers import BertConfig, BertForMaskedLM
 import maskae
 from maskae.cli import main
 from maskae.modeling_maskae import pool
-from maskae.training.distillation import distillation_loss
+from maskae.training.distillation import DistillationTrainer, distillation_loss
 from maskae.training.recipe import load_recipe
 from maskae.training.run import train
-from maskae.training.teacher import teacher_embeddings
+from maskae.training.teacher import teacher_embeddings, token_embeddings
 
 SENTENCES = [f"w{i % 90} w{(i * 7) % 90} w{(i * 3) % 50}" + f" w{i % 11}" * (i % 5) for i in range(80)]
 
@@ -122,6 +122,22 @@ def test_static_student_is_a_pooled_table(tiny_bert_dir, other_teacher, corpus, 
         expected.append(pool(rows, torch.ones_like(ids), "mean")[0].numpy())
     np.testing.assert_allclose(maskae.embed(run, texts), np.stack(expected), atol=1e-5)
     np.testing.assert_allclose(maskae.embed(run, texts, layer=0), np.stack(expected), atol=1e-5)
+
+
+def test_static_table_can_start_from_the_teachers_token_vectors(tiny_bert_dir, other_teacher, corpus, tmp_path):
+    cache = tmp_path / "cache"
+    vectors = token_embeddings(str(other_teacher), cache)
+    # each row is the teacher's embedding of that token alone: "w1" is [CLS] w1 [SEP], id 6
+    np.testing.assert_allclose(vectors[[6, 98]].numpy(), maskae.embed(other_teacher, ["w1", "w93"]), atol=1e-5)
+    recipe = distill_recipe(tiny_bert_dir, corpus, tmp_path / "run", 0, f"distill.teacher={other_teacher}",
+                            "distill.static_init=teacher_tokens", f"distill.teacher_cache={cache}", name="adapt-static.yaml")
+    trainer = DistillationTrainer(recipe, tmp_path / "run")
+    trainer.prepare()
+    table = trainer.full_model.get_input_embeddings().weight.detach()
+    standardised = (vectors - vectors.mean(-1, keepdim=True)) / vectors.std(-1, keepdim=True)
+    torch.testing.assert_close(table, standardised)
+    norm = trainer.full_model.maskae.backbone.embeddings.LayerNorm
+    assert torch.equal(norm.weight, torch.ones_like(norm.weight)) and not norm.bias.any()
 
 
 def test_resume_is_exact_and_the_best_model_is_kept(tiny_bert_dir, corpus, tmp_path):

@@ -37,7 +37,7 @@ from ..embeddings.embedder import Embedder
 from ..errors import CheckpointError, ConfigError, DataError, TokenizerError
 from ..modeling_maskae import MaskAEForMaskedLM, MaskAEModel, pool
 from .builders import build_model, build_tokenizer
-from .teacher import teacher_embeddings
+from .teacher import teacher_embeddings, token_embeddings
 from .trainer import Trainer
 
 BEST_DIR = "best"
@@ -177,11 +177,33 @@ class DistillationTrainer(Trainer):
     def initial_model(self) -> MaskAEForMaskedLM:
         """The teacher split at K; only the encoder trains (the embeddings too, unless told otherwise)."""
         model = build_model(self.recipe, self.tokenizer)
+        if model.config.split_layer == 0 and self.recipe.distill.static_init == "teacher_tokens":
+            self.start_from_teacher_tokens(model)
         train_embeddings = self.recipe.distill.train_embeddings or model.config.split_layer == 0
         for name, parameter in model.named_parameters():
             in_encoder = name.startswith("maskae.")
             parameter.requires_grad = in_encoder and (train_embeddings or ".embeddings." not in f".{name}")
         return model
+
+    @torch.no_grad()
+    def start_from_teacher_tokens(self, model: MaskAEForMaskedLM) -> None:
+        """Each row of the table becomes the teacher's embedding of that token alone, standardised, with the
+        embedding norm's scale and shift reset, so that the static model starts as model2vec's distillation
+        (without its PCA) and the rows the corpus never trains stay in the teacher's space."""
+        distill, accelerator = self.recipe.distill, self.accelerator
+        cache = Path(distill.teacher_cache) if distill.teacher_cache else self.output_dir / "teacher"
+        with accelerator.main_process_first():
+            vectors = token_embeddings(distill.teacher or self.recipe.model.backbone, cache, distill.teacher_pooling)
+        table = model.get_input_embeddings().weight
+        if vectors.shape != table.shape:
+            raise ConfigError(f"distill.static_init=teacher_tokens needs a teacher of the student's vocabulary and width "
+                              f"({tuple(table.shape)}), not {tuple(vectors.shape)}; use static_init=model.")
+        table.copy_((vectors - vectors.mean(-1, keepdim=True)) / vectors.std(-1, keepdim=True).clamp(min=1e-6))
+        embeddings = model.maskae.backbone.embeddings
+        for norm in (m for m in embeddings.modules() if isinstance(m, torch.nn.LayerNorm) and m.weight is not None):
+            norm.weight.fill_(1.0)
+            if norm.bias is not None:
+                norm.bias.fill_(0.0)
 
     def prepare_model(self, model: MaskAEForMaskedLM) -> None:
         """Accelerate prepares the encoder alone: the frozen decoder is not run, and saved only at the end."""

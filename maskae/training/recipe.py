@@ -263,6 +263,11 @@ class DistillArgs:
         "the losses are averaged over the full width and these", factory=list,
     )
     max_length: int = option(128, "tokens per sentence for the student and the teacher (longer sentences are cut)")
+    static_init: str = option(
+        "model", "model.split_layer 0 only: start the table from the model's own word embeddings, or from the "
+        "teacher's embedding of each vocabulary entry alone (model2vec's distillation), so that tokens the corpus "
+        "never shows still sit in the teacher's space", choices=("model", "teacher_tokens"),
+    )
     train_embeddings: bool = option(
         True, "train the embedding layer too (false trains only the encoder layers; at model.split_layer 0 the "
         "embedding layer is the whole student and always trains)"

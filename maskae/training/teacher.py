@@ -62,3 +62,31 @@ def teacher_embeddings(
                                                                      "max_length": str(max_length)})
     os.replace(partial, path)
     return vectors
+
+
+@torch.inference_mode()
+def token_embeddings(teacher: str, cache_dir: str | Path, pooling: str = "mean", batch_size: int = 512) -> torch.Tensor:
+    """[vocab, dim]: the teacher's sentence embedding of every vocabulary entry on its own (`[CLS] t [SEP]`),
+    the vectors model2vec distils a static model from; cached like `teacher_embeddings`."""
+    embedder = Embedder.from_pretrained(teacher)
+    tokenizer, model = embedder.tokenizer, embedder.model
+    vocab = int(model.get_input_embeddings().num_embeddings)
+    path = Path(cache_dir) / f"tokens-{cache_key(teacher, pooling, vocab, ['[vocabulary]'])}.safetensors"
+    if path.is_file():
+        return load_file(path)["embeddings"]
+    first = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    last = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    ids = torch.arange(vocab).unsqueeze(1)
+    ends = [torch.full_like(ids, token) for token in (first, last) if token is not None]
+    ids = torch.cat([ends[0], ids, *ends[1:]] if len(ends) == 2 else [ids, *ends], dim=1).to(embedder.device)
+    vectors = []
+    for start in range(0, vocab, batch_size):
+        chunk = ids[start:start + batch_size]
+        hidden = model(input_ids=chunk, attention_mask=torch.ones_like(chunk)).last_hidden_state
+        vectors.append((hidden[:, 0] if pooling == "cls" else hidden.mean(dim=1)).float().cpu())
+    vectors = torch.cat(vectors)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    save_file({"embeddings": vectors.contiguous()}, partial, metadata={"teacher": teacher, "pooling": pooling})
+    os.replace(partial, path)
+    return vectors

@@ -93,7 +93,7 @@ def plot_frontier(points: Sequence[Mapping], output: str | Path, quality: str = 
     axes.set_xscale("log")
     axes.set_xlabel("speed (x sentence-transformers encode, log scale)")
     axes.set_ylabel({"stsb": "STS-B test Spearman x100"}.get(quality, quality))
-    axes.set_title(title)
+    axes.set_title(title, fontsize=8)
     axes.grid(alpha=0.3, which="both")
     axes.legend(fontsize=8)
     return _save(figure, output)
