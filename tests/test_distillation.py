@@ -140,6 +140,20 @@ def test_static_table_can_start_from_the_teachers_token_vectors(tiny_bert_dir, o
     assert torch.equal(norm.weight, torch.ones_like(norm.weight)) and not norm.bias.any()
 
 
+def test_a_distilled_run_exports_like_any_run(tiny_bert_dir, other_teacher, corpus, tmp_path):
+    run = tmp_path / "run"
+    train(distill_recipe(tiny_bert_dir, corpus, run, 0, "training.max_steps=4", f"distill.teacher={other_teacher}",
+                         name="adapt-static.yaml"), run)
+    assert main(["export", str(run), "--out", str(tmp_path / "hub")]) == 0
+    card = (tmp_path / "hub" / "README.md").read_text()
+    assert "Cosine to the teacher" in card and "Embedding speed" in card and "corpus.txt" in card
+    assert main(["export", str(run), "--out", str(tmp_path / "st"), "--sentence-transformers"]) == 0
+    from sentence_transformers import SentenceTransformer
+
+    vectors = SentenceTransformer(str(tmp_path / "st"), device="cpu").encode(SENTENCES[:5])
+    np.testing.assert_allclose(vectors, maskae.embed(run, SENTENCES[:5]), atol=1e-5)
+
+
 def test_resume_is_exact_and_the_best_model_is_kept(tiny_bert_dir, corpus, tmp_path):
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     overrides = ("training.lr=3e-3", "distill.similarity_weight=0.5", f"distill.teacher_cache={tmp_path / 'cache'}")
