@@ -188,6 +188,12 @@ def test_resume_after_sigkill_matches_the_uninterrupted_run(tiny_bert_dir, corpu
     assert best[0] == best[1]
 
 
+def test_a_minutes_budget_stops_the_run(tiny_bert_dir, corpus, tmp_path):
+    results = maskae.distill(tiny_bert_dir, corpus, tmp_path / "run", 1, minutes=1e-6, overrides=[
+        "training.batch_size=16", "training.eval_batch_size=8"])
+    assert results["step"] == 0 and results["best_step"] == 0  # spent before the first step: the start is kept
+
+
 def test_teacher_cache_is_reused_and_keyed_by_text(tiny_bert_dir, tmp_path):
     cache = tmp_path / "cache"
     first = teacher_embeddings(str(tiny_bert_dir), SENTENCES[:5], cache, show_progress=False)

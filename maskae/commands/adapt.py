@@ -48,7 +48,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--layer", type=int, required=True, metavar="K",
                         help="depth of the student: its code is layer K (0 = the embedding layer alone)")
     budget = parser.add_mutually_exclusive_group()
-    budget.add_argument("--minutes", type=float, help="train for this many minutes (the best step is kept)")
+    budget.add_argument("--minutes", type=float, help="train for at most this many minutes, within the recipe's "
+                        "training.max_steps (the best step is kept)")
     budget.add_argument("--steps", type=int, help="train for this many optimizer steps (default: the recipe's)")
     parser.add_argument("--recipe", type=Path, help="recipe to start from (default: recipes/adapt-distill.yaml, or "
                         "adapt-static.yaml for --layer 0)")

@@ -79,7 +79,7 @@ def distill(
     given = {"model.backbone": str(model), "model.split_layer": layer, "distill.corpus": sources,
              "training.output_dir": str(output_dir)}
     if minutes is not None:
-        given.update({"distill.max_minutes": minutes, "training.max_steps": 10**9})
+        given["distill.max_minutes"] = minutes
     if steps is not None:
         given["training.max_steps"] = steps
     assignments = [f"{key}={json.dumps(value)}" for key, value in given.items()]  # JSON is YAML
