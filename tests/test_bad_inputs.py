@@ -63,6 +63,8 @@ def ws(tmp_path_factory) -> Path:
     tiny_tokenizer(model)
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # a tokenizer with nothing but its special tokens
     BertTokenizerFast(vocab={token: index for index, token in enumerate(special)}).save_pretrained(root / "special-only")
+    bare = root / "no-vocabulary"  # a model saved without its tokenizer
+    tiny_stock("bert").save_pretrained(bare)
     autoencoder = root / "maskae"
     MaskAEForMaskedLM.from_backbone(model, split_layer=2).save_pretrained(autoencoder)
     AutoTokenizer.from_pretrained(model).save_pretrained(autoencoder)
@@ -194,6 +196,9 @@ TABLE = [
          ".npy cannot hold"),
     Case("embed: chunk size 0", lambda ws: embed(ws, "--output", str(ws / "v.npy"), "--chunk-size", "0"), "at least 1"),
     # ---- evaluate
+    Case("embed: model without its vocabulary", lambda ws: ["embed", str(ws / "no-vocabulary"), "--input",
+                                                             str(ws / "corpus.txt"), "--output", str(ws / "v.npy")],
+         "vocabulary files"),
     Case("evaluate: data missing", lambda ws: ["evaluate", str(ws / "model"), "--task", "sts", "--data",
                                                str(ws / "nope.tsv")], "is not a file"),
     Case("evaluate: data is a directory", lambda ws: ["evaluate", str(ws / "model"), "--task", "sts", "--data",

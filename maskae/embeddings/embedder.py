@@ -309,12 +309,20 @@ def _load_tokenizer(source: PreTrainedTokenizerBase | str | Path) -> PreTrainedT
     if isinstance(source, PreTrainedTokenizerBase):
         return source
     try:
-        return AutoTokenizer.from_pretrained(str(source))
+        tokenizer = AutoTokenizer.from_pretrained(str(source))
     except (OSError, ValueError) as error:
         raise TokenizerError(
             f"cannot load a tokenizer from {str(source)!r} ({error}); save the tokenizer beside the model or "
             "pass tokenizer=..."
         ) from None
+    # transformers builds a tokenizer of special tokens alone from a directory without vocabulary files,
+    # which would turn every word into [UNK]: plausible-looking vectors of nothing.
+    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
+        raise TokenizerError(
+            f"the tokenizer in {str(source)!r} has only its {len(tokenizer)} special tokens: its vocabulary files "
+            "(tokenizer.json, vocab.txt, ...) are missing; save the tokenizer beside the model or pass tokenizer=..."
+        )
+    return tokenizer
 
 
 def embed(
