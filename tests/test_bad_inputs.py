@@ -216,6 +216,8 @@ TABLE = [
     # ---- export
     Case("export: not a model directory", lambda ws: ["export", str(ws / "empty-dir"), "--out", str(ws / "hub")],
          "has no config.json"),
+    Case("export: a stock checkpoint, not a run", lambda ws: ["export", str(ws / "model"), "--out", str(ws / "hub")],
+         "not a maskae run"),
     Case("export: damaged weights", lambda ws: ["export", str(ws / "damaged-model"), "--out", str(ws / "hub")],
          "cannot load"),
     Case("export: metrics not JSON", lambda ws: ["export", str(ws / "maskae"), "--out", str(ws / "hub"), "--metrics",

@@ -14,9 +14,13 @@ import json
 import logging
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..embeddings.pooling import SENTENCE_POOLINGS
 from ..errors import CheckpointError, ConfigError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedConfig
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +106,13 @@ def run(args: argparse.Namespace) -> int:
     if not (args.model / "config.json").is_file():
         raise CheckpointError(f"{args.model} has no config.json; pass the directory that `maskae train` wrote.")
     model_class = MaskAEForMaskedLM
-    if _objective(args.model) == "rtd":
+    config = _config(args.model)
+    if config.model_type != "maskae":
+        raise CheckpointError(
+            f"{args.model} is a stock {config.model_type} checkpoint, not a maskae run; export it with "
+            "--sentence-transformers (any --layer), or make a run of it first (maskae adapt, maskae train)."
+        )
+    if getattr(config, "objective", "mlm") == "rtd":
         if not args.encoder_only:
             raise ConfigError(f"{args.model} was trained with objective rtd, whose replaced-token head has no stock or "
                               "fill-mask equivalent; share its encoder with --encoder-only.")
@@ -140,11 +150,12 @@ def _data_section(recipe: dict | None) -> dict:
     return data
 
 
-def _objective(model_dir: Path) -> str:
+def _config(model_dir: Path) -> "PreTrainedConfig":
+    """The directory's config, read through AutoConfig (maskae's own once registered by the import above)."""
     from transformers import AutoConfig
 
     try:
-        return getattr(AutoConfig.from_pretrained(model_dir), "objective", "mlm")
+        return AutoConfig.from_pretrained(model_dir)
     except (OSError, ValueError) as error:
         raise CheckpointError(f"cannot read the config in {model_dir} ({error}); pass the directory that "
                               "`maskae train` wrote.") from None
