@@ -84,8 +84,8 @@ def main() -> None:
     train_texts, train_labels = train_texts[: args.sst2_train], train_labels[: args.sst2_train]
     eval_texts, eval_labels = read_labelled(DATA / "sst2" / "validation.tsv")
 
-    def score(encode) -> dict:
-        lookup = dict(zip(sts_texts, encode(sts_texts)))
+    def score(encode, sts_vectors: np.ndarray) -> dict:
+        lookup = dict(zip(sts_texts, sts_vectors))
         sts = 100 * sts_spearman(np.stack([lookup[t] for t in first]), np.stack([lookup[t] for t in second]), scores)
         probe = probe_accuracy(np.asarray(encode(train_texts)), train_labels, np.asarray(encode(eval_texts)),
                                eval_labels, budgets=(100, 1000), seeds=range(5))
@@ -94,8 +94,8 @@ def main() -> None:
     points = []
 
     def add(name: str, kind: str, layer: int | None, encode) -> None:
-        _, speed = timed(encode, sts_texts, args.repeats)
-        point = {"name": name, "kind": kind, "layer": layer, "sentences_per_s": speed, **score(encode)}
+        vectors, speed = timed(encode, sts_texts, args.repeats)
+        point = {"name": name, "kind": kind, "layer": layer, "sentences_per_s": speed, **score(encode, vectors)}
         points.append(point)
         print(f"  measured {name}: {speed:.0f} sentences/s, STS-B {point['stsb']:.2f}", flush=True)
 

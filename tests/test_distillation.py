@@ -105,7 +105,7 @@ def test_static_student_is_a_pooled_table(tiny_bert_dir, other_teacher, corpus, 
     # the Python API of `maskae adapt`: the packaged adapt-static.yaml, with the test's sizes on top
     results = maskae.distill(tiny_bert_dir, corpus, run, 0, steps=8, overrides=[
         "training.batch_size=16", "training.eval_steps=2", "training.eval_batch_size=8", f"distill.teacher={other_teacher}"])
-    assert json.loads(json.dumps(results))["distilled_layer"] == 0 and results["speedup_vs_teacher"] > 0
+    assert results["distilled_layer"] == 0 and results["speedup_vs_teacher"] > 0
     assert results["best_step"] > 0
     model = maskae.MaskAEModel.from_pretrained(run)
     assert model.config.split_layer == 0 and len(model.layers()) == 0

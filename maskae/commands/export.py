@@ -151,7 +151,7 @@ def _data_section(recipe: dict | None) -> dict:
 
 
 def _config(model_dir: Path) -> "PreTrainedConfig":
-    """The directory's config, read through AutoConfig (maskae's own once registered by the import above)."""
+    """The directory's config through AutoConfig (importing export.hub registered maskae's own)."""
     from transformers import AutoConfig
 
     try:

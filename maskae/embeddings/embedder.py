@@ -218,14 +218,9 @@ class Embedder:
         return encoded["input_ids"]
 
     def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(row) for row in rows)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-        attention_mask = np.zeros((len(rows), width), dtype=np.int64)
-        for i, row in enumerate(rows):
-            input_ids[i, : len(row)] = row
-            attention_mask[i, : len(row)] = 1
-        return torch.from_numpy(input_ids).to(self.device), torch.from_numpy(attention_mask).to(self.device)
+        input_ids, attention_mask = pad_batch(rows, pad_id)
+        return input_ids.to(self.device), attention_mask.to(self.device)
 
     def whitening_for(self, layer: LayerSpec, pooling: str) -> Whitening | None:
         """The stored whitening if it was fitted on the embeddings this request asks for, else None."""
@@ -305,6 +300,27 @@ class Embedder:
         return result
 
 
+def pad_batch(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), int64 [len(rows), longest row], right-padded with `pad_id`."""
+    width = max(len(row) for row in rows)
+    input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    attention_mask = np.zeros((len(rows), width), dtype=np.int64)
+    for i, row in enumerate(rows):
+        input_ids[i, : len(row)] = row
+        attention_mask[i, : len(row)] = 1
+    return torch.from_numpy(input_ids), torch.from_numpy(attention_mask)
+
+
+def check_vocabulary(tokenizer: PreTrainedTokenizerBase, source: str | Path) -> None:
+    """transformers builds a tokenizer of special tokens alone from a directory without vocabulary files,
+    which would turn every word into [UNK]: plausible-looking vectors of nothing. Refused in one line."""
+    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
+        raise TokenizerError(
+            f"the tokenizer in {str(source)!r} has only its {len(tokenizer)} special tokens: its vocabulary files "
+            "(tokenizer.json, vocab.txt, ...) are missing; save the tokenizer beside the model or pass tokenizer=..."
+        )
+
+
 def _load_tokenizer(source: PreTrainedTokenizerBase | str | Path) -> PreTrainedTokenizerBase:
     if isinstance(source, PreTrainedTokenizerBase):
         return source
@@ -315,13 +331,7 @@ def _load_tokenizer(source: PreTrainedTokenizerBase | str | Path) -> PreTrainedT
             f"cannot load a tokenizer from {str(source)!r} ({error}); save the tokenizer beside the model or "
             "pass tokenizer=..."
         ) from None
-    # transformers builds a tokenizer of special tokens alone from a directory without vocabulary files,
-    # which would turn every word into [UNK]: plausible-looking vectors of nothing.
-    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
-        raise TokenizerError(
-            f"the tokenizer in {str(source)!r} has only its {len(tokenizer)} special tokens: its vocabulary files "
-            "(tokenizer.json, vocab.txt, ...) are missing; save the tokenizer beside the model or pass tokenizer=..."
-        )
+    check_vocabulary(tokenizer, source)
     return tokenizer
 
 

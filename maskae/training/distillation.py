@@ -33,7 +33,7 @@ from transformers import AutoConfig
 from ..configuration_maskae import num_layers
 from ..data.corpus import corpus_texts, sample_texts
 from ..data.sampling import StepBatchSampler, TaggedRows
-from ..embeddings.embedder import Embedder
+from ..embeddings.embedder import Embedder, check_vocabulary, pad_batch
 from ..errors import CheckpointError, ConfigError, DataError, TokenizerError
 from ..modeling_maskae import MaskAEForMaskedLM, MaskAEModel, pool
 from .builders import build_model, build_tokenizer
@@ -76,15 +76,9 @@ class DistillationCollator:
         self.targets, self.pad_token_id = targets, pad_token_id
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        width = max(len(row["input_ids"]) for row in rows)
-        input_ids = np.full((len(rows), width), self.pad_token_id, dtype=np.int64)
-        attention_mask = np.zeros((len(rows), width), dtype=np.int64)
-        for i, row in enumerate(rows):
-            input_ids[i, : len(row["input_ids"])] = row["input_ids"]
-            attention_mask[i, : len(row["input_ids"])] = 1
+        input_ids, attention_mask = pad_batch([row["input_ids"] for row in rows], self.pad_token_id)
         index = torch.tensor([row["noise_index"] for row in rows])
-        return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention_mask),
-                "target": self.targets[index]}
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "target": self.targets[index]}
 
 
 class DistillationTrainer(Trainer):
@@ -109,13 +103,11 @@ class DistillationTrainer(Trainer):
                             f"(training.batch_size={self.args.batch_size}); give more text or lower the batch size.")
         self.tokenizer = build_tokenizer(recipe, self.output_dir, accelerator)
         self.check_tokenizer()
-        teacher = distill.teacher or recipe.model.backbone
-        cache = Path(distill.teacher_cache) if distill.teacher_cache else self.output_dir / "teacher"
         with accelerator.main_process_first():  # the main process computes, the others read its cache
-            settings = dict(cache_dir=cache, pooling=distill.teacher_pooling, max_length=distill.max_length,
-                            show_progress=accelerator.is_local_main_process)
-            self.train_targets = teacher_embeddings(teacher, texts, **settings)
-            self.eval_targets = teacher_embeddings(teacher, held_out, **settings)
+            settings = dict(cache_dir=self.teacher_cache, pooling=distill.teacher_pooling,
+                            max_length=distill.max_length, show_progress=accelerator.is_local_main_process)
+            self.train_targets = teacher_embeddings(self.teacher, texts, **settings)
+            self.eval_targets = teacher_embeddings(self.teacher, held_out, **settings)
         self.train_set = Dataset.from_dict({"input_ids": self._tokenize(texts)})
         self.eval_ids, self.held_out = self._tokenize(held_out), held_out
         self.collator = DistillationCollator(self.train_targets, self.tokenizer.pad_token_id)
@@ -128,8 +120,7 @@ class DistillationTrainer(Trainer):
         """K must be a layer of the teacher: refused before the teacher embeds anything."""
         backbone, layer = self.recipe.model.backbone, self.recipe.model.split_layer
         try:
-            self.teacher_config = AutoConfig.from_pretrained(backbone)
-            depth = num_layers(self.teacher_config)
+            depth = num_layers(AutoConfig.from_pretrained(backbone))
         except (OSError, ValueError) as error:
             raise CheckpointError(f"cannot load a model config from {backbone!r} ({error}); pass a directory with a "
                                   "config.json or a Hub model id.") from None
@@ -137,17 +128,20 @@ class DistillationTrainer(Trainer):
             raise ConfigError(f"layer {layer} is out of range: {backbone!r} has {depth} layers; choose 0 (the "
                               f"embedding layer alone) to {depth}.")
 
+    @property
+    def teacher(self) -> str:
+        return self.recipe.distill.teacher or self.recipe.model.backbone
+
+    @property
+    def teacher_cache(self) -> Path:
+        cache = self.recipe.distill.teacher_cache
+        return Path(cache) if cache else self.output_dir / "teacher"
+
     def check_tokenizer(self) -> None:
-        """A directory without vocabulary files still loads as a tokenizer of a few special tokens, which
-        would map every word to [UNK]: refused, as is one without padding."""
-        vocab = getattr(self.teacher_config, "vocab_size", None)
+        """A tokenizer of special tokens alone (a directory without vocabulary files) or without padding
+        is refused before the teacher embeds anything."""
         source = self.recipe.tokenizer.path or self.recipe.model.backbone
-        if vocab and len(self.tokenizer) < vocab // 2:
-            raise TokenizerError(
-                f"the tokenizer of {source!r} has {len(self.tokenizer)} tokens for a model of {vocab} embeddings: its "
-                "vocabulary files (tokenizer.json, vocab.txt, ...) are missing; save the tokenizer beside the model or "
-                "set tokenizer.path."
-            )
+        check_vocabulary(self.tokenizer, source)
         if self.tokenizer.pad_token_id is None:
             raise TokenizerError(f"the tokenizer of {source!r} has no padding token; set tokenizer.path to one that has.")
 
@@ -190,10 +184,8 @@ class DistillationTrainer(Trainer):
         """Each row of the table becomes the teacher's embedding of that token alone, standardised, with the
         embedding norm's scale and shift reset, so that the static model starts as model2vec's distillation
         (without its PCA) and the rows the corpus never trains stay in the teacher's space."""
-        distill, accelerator = self.recipe.distill, self.accelerator
-        cache = Path(distill.teacher_cache) if distill.teacher_cache else self.output_dir / "teacher"
-        with accelerator.main_process_first():
-            vectors = token_embeddings(distill.teacher or self.recipe.model.backbone, cache, distill.teacher_pooling)
+        with self.accelerator.main_process_first():
+            vectors = token_embeddings(self.teacher, self.teacher_cache, self.recipe.distill.teacher_pooling)
         table = model.get_input_embeddings().weight
         if vectors.shape != table.shape:
             raise ConfigError(f"distill.static_init=teacher_tokens needs a teacher of the student's vocabulary and width "
@@ -287,16 +279,24 @@ class DistillationTrainer(Trainer):
         """The encoder's weights and their evaluation, in `best/` (written beside it, then renamed)."""
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            best, partial = self.output_dir / BEST_DIR, self.output_dir / f"{BEST_DIR}.tmp"
-            shutil.rmtree(partial, ignore_errors=True)
+            partial = self._partial_best()
             partial.mkdir(parents=True)
             encoder = extract_model_from_parallel(self.model)
             state = {key: value.detach().contiguous().cpu() for key, value in encoder.state_dict().items()}
             save_file(state, partial / "encoder.safetensors")
             (partial / "best.json").write_text(json.dumps(self.best, indent=2) + "\n")
-            shutil.rmtree(best, ignore_errors=True)
-            os.replace(partial, best)
+            self._publish_best(partial)
         self.accelerator.wait_for_everyone()
+
+    def _partial_best(self) -> Path:
+        partial = self.output_dir / f"{BEST_DIR}.tmp"
+        shutil.rmtree(partial, ignore_errors=True)
+        return partial
+
+    def _publish_best(self, partial: Path) -> None:
+        """Rename a fully written `best.tmp` over `best/`."""
+        shutil.rmtree(self.output_dir / BEST_DIR, ignore_errors=True)
+        os.replace(partial, self.output_dir / BEST_DIR)
 
     def add_to_checkpoint(self, partial: Path) -> None:
         """The best model so far belongs to the resumable state: a resumed run continues with the best it
@@ -311,11 +311,9 @@ class DistillationTrainer(Trainer):
             return
         self.best = json.loads((saved / "best.json").read_text())
         if self.accelerator.is_main_process:
-            partial = self.output_dir / f"{BEST_DIR}.tmp"
-            shutil.rmtree(partial, ignore_errors=True)
+            partial = self._partial_best()
             shutil.copytree(saved, partial)
-            shutil.rmtree(self.output_dir / BEST_DIR, ignore_errors=True)
-            os.replace(partial, self.output_dir / BEST_DIR)
+            self._publish_best(partial)
         self.accelerator.wait_for_everyone()
 
     def save_final(self, results: dict[str, float]) -> None:
@@ -336,8 +334,7 @@ class DistillationTrainer(Trainer):
         """Sentences per second of the student and of the teacher on the held-out sentences, one after
         the other in this process: the speed that the model card quotes beside the quality."""
         texts = self.held_out
-        teacher = Embedder.from_pretrained(self.recipe.distill.teacher or self.recipe.model.backbone,
-                                           device=self.accelerator.device)
+        teacher = Embedder.from_pretrained(self.teacher, device=self.accelerator.device)
         speeds = {}
         for name, embedder in (("teacher_sentences_per_s", teacher), ("sentences_per_s", Embedder(encoder, self.tokenizer))):
             embedder.embed(texts[:64], pooling=self.recipe.distill.pooling)  # warm-up

@@ -20,10 +20,10 @@ from safetensors.torch import load_file, save_file
 from ..embeddings.embedder import Embedder
 
 
-def cache_key(teacher: str, pooling: str, max_length: int, texts: Sequence[str]) -> str:
+def cache_key(teacher: str, settings: dict, texts: Sequence[str] = ()) -> str:
     """A digest of what the vectors depend on: the teacher (a local directory by its resolved path and
-    weights' size and time), the pooling, the truncation length and every text in order."""
-    identity = {"teacher": teacher, "pooling": pooling, "max_length": max_length}
+    weights' size and time), the settings that shape them, and every text in order."""
+    identity = {"teacher": teacher, **settings}
     path = Path(teacher)
     if path.is_dir():
         identity["teacher"] = str(path.resolve())
@@ -36,8 +36,25 @@ def cache_key(teacher: str, pooling: str, max_length: int, texts: Sequence[str])
     return digest.hexdigest()[:24]
 
 
+def _cached(path: Path, rows: int | None = None) -> torch.Tensor | None:
+    """The vectors stored at `path` (with `rows` rows, when given), or None."""
+    if not path.is_file():
+        return None
+    vectors = load_file(path)["embeddings"]
+    return vectors if rows is None or vectors.shape[0] == rows else None
+
+
+def _store(path: Path, vectors: torch.Tensor, metadata: dict[str, str]) -> torch.Tensor:
+    """Write `vectors` under a temporary name and rename it into place: never half-visible."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    save_file({"embeddings": vectors.contiguous()}, partial, metadata=metadata)
+    os.replace(partial, path)
+    return vectors
+
+
 def teacher_embeddings(
-    teacher: str | Embedder,
+    teacher: str,
     texts: Sequence[str],
     cache_dir: str | Path,
     pooling: str = "mean",
@@ -47,33 +64,29 @@ def teacher_embeddings(
 ) -> torch.Tensor:
     """[len(texts), dim] float32: the teacher's pooled last layer for each text (no whitening, not
     normalised), read from `cache_dir` when an earlier run computed it."""
-    name = teacher if isinstance(teacher, str) else teacher.model.name_or_path
-    path = Path(cache_dir) / f"teacher-{cache_key(name, pooling, max_length, texts)}.safetensors"
-    if path.is_file():
-        vectors = load_file(path)["embeddings"]
-        if vectors.shape[0] == len(texts):
-            return vectors
-    embedder = Embedder.from_pretrained(teacher) if isinstance(teacher, str) else teacher
-    vectors = torch.from_numpy(embedder.embed(list(texts), pooling=pooling, max_length=min(max_length, embedder.max_length),
-                                              batch_size=batch_size, whiten=False, show_progress=show_progress))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    save_file({"embeddings": vectors.contiguous()}, partial, metadata={"teacher": name, "pooling": pooling,
-                                                                     "max_length": str(max_length)})
-    os.replace(partial, path)
-    return vectors
+    key = cache_key(teacher, {"pooling": pooling, "max_length": max_length}, texts)
+    path = Path(cache_dir) / f"teacher-{key}.safetensors"
+    cached = _cached(path, len(texts))
+    if cached is not None:
+        return cached
+    embedder = Embedder.from_pretrained(teacher)
+    vectors = embedder.embed(list(texts), pooling=pooling, max_length=min(max_length, embedder.max_length),
+                             batch_size=batch_size, whiten=False, show_progress=show_progress)
+    return _store(path, torch.from_numpy(vectors), {"teacher": teacher, "pooling": pooling,
+                                                    "max_length": str(max_length)})
 
 
 @torch.inference_mode()
 def token_embeddings(teacher: str, cache_dir: str | Path, pooling: str = "mean", batch_size: int = 512) -> torch.Tensor:
     """[vocab, dim]: the teacher's sentence embedding of every vocabulary entry on its own (`[CLS] t [SEP]`),
     the vectors model2vec distils a static model from; cached like `teacher_embeddings`."""
+    path = Path(cache_dir) / f"tokens-{cache_key(teacher, {'pooling': pooling, 'of': 'vocabulary'})}.safetensors"
+    cached = _cached(path)
+    if cached is not None:
+        return cached
     embedder = Embedder.from_pretrained(teacher)
     tokenizer, model = embedder.tokenizer, embedder.model
     vocab = int(model.get_input_embeddings().num_embeddings)
-    path = Path(cache_dir) / f"tokens-{cache_key(teacher, pooling, vocab, ['[vocabulary]'])}.safetensors"
-    if path.is_file():
-        return load_file(path)["embeddings"]
     first = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
     last = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
     ids = torch.arange(vocab).unsqueeze(1)
@@ -84,9 +97,4 @@ def token_embeddings(teacher: str, cache_dir: str | Path, pooling: str = "mean",
         chunk = ids[start:start + batch_size]
         hidden = model(input_ids=chunk, attention_mask=torch.ones_like(chunk)).last_hidden_state
         vectors.append((hidden[:, 0] if pooling == "cls" else hidden.mean(dim=1)).float().cpu())
-    vectors = torch.cat(vectors)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    save_file({"embeddings": vectors.contiguous()}, partial, metadata={"teacher": teacher, "pooling": pooling})
-    os.replace(partial, path)
-    return vectors
+    return _store(path, torch.cat(vectors), {"teacher": teacher, "pooling": pooling})
