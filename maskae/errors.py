@@ -45,3 +45,7 @@ def cause(error: BaseException, limit: int = 300) -> str:
         error = error.__cause__
     text = " ".join(str(error).split()) or "no details"
     return f"{type(error).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
+
+
+class MissingExtraError(MaskAEError, ImportError):
+    """An optional dependency (an extra such as maskae[onnx]) is not installed."""

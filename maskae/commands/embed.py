@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..embeddings.pooling import LAYER_COMBINES, POOLINGS
+from ..embeddings.choices import BACKENDS, DTYPES, LAYER_COMBINES, POOLINGS
 from ..errors import ConfigError, DataError
 
 
@@ -22,7 +22,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         epilog="example: maskae embed sentence-transformers/all-MiniLM-L6-v2 --input corpus.txt --layer 3 "
         "--output vectors.npy",
     )
-    parser.add_argument("model", metavar="MODEL", help="checkpoint directory or Hub id (MaskAE or stock encoder)")
+    parser.add_argument("model", metavar="MODEL", help="checkpoint directory or Hub id (MaskAE or stock encoder), or "
+                        "a directory of graphs that maskae export --onnx/--openvino wrote")
     parser.add_argument(
         "--input", required=True,
         help="texts: .txt (one per line), .jsonl, .csv, .tsv or .parquet file, a glob or directory of them, a "
@@ -41,8 +42,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--layer-combine", choices=LAYER_COMBINES, default="mean", help="how to join several layers")
     parser.add_argument(
-        "--pooling", choices=POOLINGS, default="mean",
-        help="mean / max over real tokens, cls (first token), or none for per-token vectors (.parquet or a directory)",
+        "--pooling", choices=POOLINGS, default=None,
+        help="mean / max over real tokens (default: mean, or the graph's own), cls (first token), or none for "
+        "per-token vectors (.parquet or a directory)",
+    )
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default=None,
+        help="what runs the encoder: torch, or the onnx / openvino graph of an exported directory (default: the "
+        "graph in such a directory, else torch)",
+    )
+    parser.add_argument(
+        "--dtype", choices=DTYPES, default=None,
+        help="bf16 runs the matmuls in bf16 where the CPU has a bf16 unit (AMX, AVX-512 BF16, ARM BF16) or on a "
+        "GPU; not for onnx (default: fp32)",
     )
     parser.add_argument("--normalize", action="store_true", help="L2-normalise every vector")
     parser.add_argument(
@@ -86,7 +98,11 @@ def run(args: argparse.Namespace) -> int:
 def _embed(args: argparse.Namespace, output: Path) -> int:
     from ..data.corpus import load_corpus
     from ..embeddings.embedder import Embedder
+    from ..embeddings.graphs import GraphEmbedder, is_graph_export
     from ..embeddings.writer import write_embeddings
+
+    # A graph has its pooling baked in; PyTorch pools by the mean unless told otherwise.
+    pooling = args.pooling or (None if is_graph_export(args.model) else "mean")
 
     settings = {
         "model": args.model,
@@ -95,7 +111,9 @@ def _embed(args: argparse.Namespace, output: Path) -> int:
         "split": args.split,
         "layer": args.layer,
         "layer_combine": args.layer_combine,
-        "pooling": args.pooling,
+        "pooling": pooling,
+        "backend": args.backend,
+        "dtype": args.dtype,
         "normalize": args.normalize,
         "whiten": args.whiten,
         "max_length": args.max_length,
@@ -104,14 +122,17 @@ def _embed(args: argparse.Namespace, output: Path) -> int:
     loaded: dict = {}
 
     def load() -> None:
-        embedder = Embedder.from_pretrained(args.model, device=args.device)
-        embedder.check_request(args.layer, args.pooling, args.layer_combine, args.batch_size)
+        embedder = Embedder.from_pretrained(args.model, device=args.device, backend=args.backend, dtype=args.dtype)
+        if isinstance(embedder, GraphEmbedder):  # a graph's whitening is inside it: --no-whiten must fail up front
+            embedder.check_request(args.layer, pooling, args.layer_combine, args.batch_size, whiten=args.whiten)
+        else:
+            embedder.check_request(args.layer, pooling, args.layer_combine, args.batch_size)
         loaded["embedder"] = embedder
         loaded["corpus"] = load_corpus(args.input, args.text_column, streaming=True, split=args.split)
 
     def embed(texts: list[str]):
         return loaded["embedder"].embed(
-            texts, layer=args.layer, pooling=args.pooling, normalize=args.normalize, batch_size=args.batch_size,
+            texts, layer=args.layer, pooling=pooling, normalize=args.normalize, batch_size=args.batch_size,
             max_length=args.max_length, layer_combine=args.layer_combine, whiten=args.whiten,
         )
 

@@ -8,7 +8,7 @@ import json
 import textwrap
 from pathlib import Path
 
-from ..embeddings.pooling import SENTENCE_POOLINGS
+from ..embeddings.choices import SENTENCE_POOLINGS
 from ..errors import ConfigError
 from ..evaluation.schedule import describe_hyperparameters
 from ..evaluation.tasks import GLUE_TASKS, task_files

@@ -1,8 +1,8 @@
-"""`maskae export DIR --out HUB_DIR [--stock | --encoder-only | --sentence-transformers]`: a directory
-ready to upload to the Hub.
+"""`maskae export DIR --out HUB_DIR [--stock | --encoder-only | --sentence-transformers] [--onnx] [--openvino]`:
+a directory ready to upload to the Hub, or graphs that embed on CPU runtimes.
 
-DIR is a trained model directory (what `maskae train` writes); with --sentence-transformers it may also
-be any stock encoder (a directory or Hub id). Its recipe.yaml and eval_results.json, when present, go
+DIR is a trained model directory (what `maskae train` writes); with --sentence-transformers, --onnx or
+--openvino it may also be any stock encoder (a directory or Hub id). Its recipe.yaml and eval_results.json, when present, go
 into the model card: the recipe as the training section, the measured metrics as the model-index; its
 log.jsonl becomes a training-curves figure in the card.
 """
@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..embeddings.pooling import SENTENCE_POOLINGS
+from ..embeddings.choices import CALIBRATION_SIZE, QUANTIZATIONS, SENTENCE_POOLINGS
 from ..errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:
@@ -62,12 +62,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="a sentence-transformers model (encoder cut at --layer, pooling, optional normalisation) that "
         "SentenceTransformer(HUB_DIR) loads without maskae; DIR may also be any stock encoder or Hub id",
     )
-    parser.add_argument("--layer", type=int, help="with --sentence-transformers: the hidden state to keep (default: "
-                        "a MaskAE model's code, a stock model's last layer); the layers above it are dropped")
-    parser.add_argument("--pooling", choices=SENTENCE_POOLINGS, help="with --sentence-transformers: how token vectors "
-                        "become one sentence vector (default: mean)")
+    parser.add_argument("--onnx", action="store_true",
+                        help="an ONNX graph from (input_ids, attention_mask) to the sentence vector `maskae embed` "
+                        "writes (layer, pooling, stored whitening, normalisation inside), for maskae embed --backend "
+                        "onnx; with --sentence-transformers, ST's own onnx/ folder instead")
+    parser.add_argument("--openvino", action="store_true",
+                        help="the same as an OpenVINO model (maskae embed --backend openvino); with "
+                        "--sentence-transformers, ST's openvino/ folder")
+    parser.add_argument("--quantize", choices=QUANTIZATIONS,
+                        help="with --onnx/--openvino: int8 graphs (ONNX: dynamic int8 with the kernels this CPU has; "
+                        "OpenVINO: int8 weights, or static int8 with --calibrate)")
+    parser.add_argument("--calibrate", metavar="CORPUS",
+                        help=f"with --openvino --quantize int8: static int8 calibrated on the first {CALIBRATION_SIZE} "
+                        "texts of CORPUS (any input `maskae embed` reads; text like what you will embed)")
+    parser.add_argument("--text-column", default="text", help="column of --calibrate's texts (default: text)")
+    parser.add_argument("--layer", type=int, help="with --sentence-transformers, --onnx or --openvino: the hidden "
+                        "state to keep (default: a MaskAE model's code, a stock model's last layer); the layers above "
+                        "it are dropped")
+    parser.add_argument("--pooling", choices=SENTENCE_POOLINGS, help="with --sentence-transformers, --onnx or "
+                        "--openvino: how token vectors become one sentence vector (default: mean)")
     parser.add_argument("--normalize", action="store_true",
-                        help="with --sentence-transformers: add a Normalize module (unit-length vectors)")
+                        help="with --sentence-transformers, --onnx or --openvino: unit-length vectors")
     parser.add_argument("--tokenizer", help="tokenizer directory or Hub id (default: the one saved in DIR)")
     parser.add_argument("--recipe", type=Path, help="resolved training recipe YAML (default: DIR/recipe.yaml)")
     parser.add_argument(
@@ -98,11 +113,19 @@ def run(args: argparse.Namespace) -> int:
     from ..export.hub import save_for_hub
     from ..modeling_maskae import MaskAEForMaskedLM, MaskAEForReplacedTokenDetection
 
+    graphs = [name for name in ("onnx", "openvino") if getattr(args, name)]
+    if graphs and (args.stock or args.encoder_only):
+        raise ConfigError("--onnx and --openvino write sentence-vector graphs, not a --stock or --encoder-only model; "
+                          "drop one of them.")
+    if (args.quantize or args.calibrate) and not graphs:
+        raise ConfigError("--quantize and --calibrate make int8 graphs; add --onnx or --openvino.")
     if args.sentence_transformers:
-        return _run_sentence_transformers(args)
+        return _run_sentence_transformers(args, graphs)
+    if graphs:
+        return _run_graphs(args, graphs)
     if args.layer is not None or args.pooling is not None or args.normalize:
-        raise ConfigError("--layer, --pooling and --normalize shape a sentence-transformers export; add "
-                          "--sentence-transformers, or drop them.")
+        raise ConfigError("--layer, --pooling and --normalize shape a sentence-transformers or graph export; add "
+                          "--sentence-transformers, --onnx or --openvino, or drop them.")
     if not (args.model / "config.json").is_file():
         raise CheckpointError(f"{args.model} has no config.json; pass the directory that `maskae train` wrote.")
     model_class = MaskAEForMaskedLM
@@ -161,7 +184,32 @@ def _config(model_dir: Path) -> "PreTrainedConfig":
                               "`maskae train` wrote.") from None
 
 
-def _run_sentence_transformers(args: argparse.Namespace) -> int:
+def _run_graphs(args: argparse.Namespace, backends: list[str]) -> int:
+    from ..export.graphs import export_graphs
+
+    out = export_graphs(str(args.model), args.out, backends, layer=args.layer, pooling=args.pooling or "mean",
+                        normalize=args.normalize, quantize=args.quantize,
+                        calibration_texts=_calibration_texts(args), tokenizer=args.tokenizer)
+    print(f"wrote {', '.join(backends)} graphs to {out}; embed with: maskae embed {out} --input TEXTS --output "
+          f"VECTORS.npy --backend {backends[-1]}")
+    return 0
+
+
+def _calibration_texts(args: argparse.Namespace) -> list[str] | None:
+    """The first CALIBRATION_SIZE texts of --calibrate, read as `maskae embed` reads its input."""
+    if args.calibrate is None:
+        return None
+    from ..data.corpus import load_corpus
+    corpus = load_corpus(args.calibrate, args.text_column, streaming=True)
+    texts: list[str] = []
+    for batch in corpus.iter(batch_size=CALIBRATION_SIZE):
+        texts.extend(batch["text"])
+        if len(texts) >= CALIBRATION_SIZE:
+            break
+    return texts[:CALIBRATION_SIZE]
+
+
+def _run_sentence_transformers(args: argparse.Namespace, backends: list[str]) -> int:
     """A trained run's card material (recipe, metrics, curves) is used when DIR has it; a Hub id has none."""
     from ..export.sentence_transformers import save_sentence_transformer
 
@@ -175,6 +223,9 @@ def _run_sentence_transformers(args: argparse.Namespace) -> int:
             pooling=args.pooling or "mean",
             normalize=args.normalize,
             tokenizer=args.tokenizer,
+            backends=backends,
+            quantize=args.quantize,
+            calibration_texts=_calibration_texts(args),
             metrics=_metrics(args, data),
             datasets=args.datasets if args.datasets is not None else _training_datasets(data, recipe),
             plots=[*args.plots, *_training_curves(args.model, Path(scratch))],

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..embeddings.pooling import SENTENCE_POOLINGS
+from ..embeddings.choices import SENTENCE_POOLINGS
 from ..errors import ConfigError
 
 EPILOG = """\

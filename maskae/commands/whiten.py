@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..embeddings.pooling import SENTENCE_POOLINGS
+from ..embeddings.choices import SENTENCE_POOLINGS
 from ..embeddings.whitening import DEFAULT_MAX_TEXTS
 from ..errors import CheckpointError
 

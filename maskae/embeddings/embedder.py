@@ -9,6 +9,7 @@ each batch carries almost no padding, and returned in input order.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,10 +17,8 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 from transformers import (
     AutoModel,
-    AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -30,12 +29,16 @@ from ..backbones import BACKBONES, get_backbone
 from ..configuration_maskae import num_layers
 from ..errors import CheckpointError, ConfigError, DataError, TokenizerError
 from ..modeling_maskae import MaskAEModel, MaskAEPreTrainedModel, pool
-from .pooling import LAYER_COMBINES, POOLINGS
+from ..utils.host import has_bf16_unit
+from .graphs import GraphEmbedder, is_graph_export
+from .inputs import check_texts, in_length_order, load_tokenizer, pad_batch
+from .choices import BACKENDS, DTYPES, GRAPH_BACKENDS, LAYER_COMBINES, POOLINGS
 from .whitening import Whitening, whitening_from_vectors
 
 register_auto_classes()  # maskae checkpoints load through the Auto classes and save with their auto_map
 
 
+logger = logging.getLogger(__name__)
 LayerSpec = int | Sequence[int] | None
 
 
@@ -78,7 +81,10 @@ class Embedder:
         max_length: int | None = None,
         lowercase: bool = False,
         whitening: Whitening | None = None,
+        dtype: str | None = None,
     ):
+        if dtype not in (None, *DTYPES):
+            raise ConfigError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}.")
         if isinstance(model, MaskAEPreTrainedModel):
             model = model.get_encoder()
         self.model = model.eval()
@@ -99,6 +105,12 @@ class Embedder:
             limits.append(getattr(stock_config, "max_position_embeddings", None))
             max_length = min(limit for limit in limits if limit is not None)
         self.max_length = max_length
+        self.dtype = "fp32"
+        if dtype == "bf16":
+            if model.device.type == "cpu" and not has_bf16_unit():
+                logger.warning("this CPU has no bf16 unit (AMX, AVX-512 BF16 or ARM BF16), so embedding runs in fp32")
+            else:
+                self.dtype = "bf16"
 
     @classmethod
     def from_pretrained(
@@ -106,8 +118,25 @@ class Embedder:
         name_or_path: str | Path,
         device: str | torch.device | None = None,
         tokenizer: PreTrainedTokenizerBase | str | Path | None = None,
-    ) -> "Embedder":
-        """Load a MaskAE or stock checkpoint (directory or Hub id) and its tokenizer."""
+        backend: str | None = None,
+        dtype: str | None = None,
+    ) -> "Embedder | GraphEmbedder":
+        """Load a MaskAE or stock checkpoint (directory or Hub id) and its tokenizer.
+
+        `backend` "onnx" or "openvino" loads a graph that `maskae export --onnx/--openvino` wrote (a
+        `GraphEmbedder`, which embeds the same way); None picks the graph in such a directory, torch
+        otherwise. `dtype` "bf16" runs the matmuls in bf16 where the CPU has a bf16 unit (or on a GPU).
+        """
+        if backend not in (None, *BACKENDS):
+            raise ConfigError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}.")
+        if is_graph_export(name_or_path):
+            if backend == "torch":
+                raise ConfigError(f"{name_or_path} holds exported graphs, not PyTorch weights; pass --backend onnx or "
+                                  "openvino, or the model directory it was exported from.")
+            return GraphEmbedder.from_pretrained(name_or_path, backend, dtype)
+        if backend in GRAPH_BACKENDS:
+            raise ConfigError(f"{name_or_path} holds no {backend} graph; export one first with maskae export "
+                              f"{name_or_path} --out DIR --{backend} [--layer K], then embed DIR.")
         try:
             model = AutoModel.from_pretrained(str(name_or_path))
         except (OSError, ValueError, SafetensorError) as error:  # a truncated weights file: SafetensorError
@@ -117,11 +146,14 @@ class Embedder:
             ) from None
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        return cls.from_model(model.to(device), tokenizer)
+        return cls.from_model(model.to(device), tokenizer, dtype=dtype)
 
     @classmethod
     def from_model(
-        cls, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | str | Path | None = None
+        cls,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase | str | Path | None = None,
+        dtype: str | None = None,
     ) -> "Embedder":
         """Wrap a loaded model; its tokenizer and sentence-transformers settings come from `model.name_or_path`.
 
@@ -135,10 +167,11 @@ class Embedder:
         settings = _sentence_transformers_settings(model.name_or_path) if model.name_or_path else {}
         return cls(
             model,
-            _load_tokenizer(source),
+            load_tokenizer(source),
             max_length=settings.get("max_seq_length"),
             lowercase=bool(settings.get("do_lower_case", False)),
             whitening=Whitening.load(model.name_or_path) if model.name_or_path else None,
+            dtype=dtype,
         )
 
     @property
@@ -209,6 +242,18 @@ class Embedder:
             return chosen[0]
         return torch.cat(chosen, dim=-1) if layer_combine == "concat" else torch.stack(chosen).mean(dim=0)
 
+    def pooled(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: list[int] | None, pooling: str,
+        layer_combine: str = "mean",
+    ) -> torch.Tensor:
+        """One batch's vectors before whitening: [batch, dim], or [batch, seq, dim] with pooling "none".
+        Exported graphs trace this same function, so they compute what `embed` does."""
+        vectors = self._represent(input_ids, attention_mask, layers, layer_combine)
+        sentence_code = layers is None and self.model.config.bottleneck == "sentence"
+        if sentence_code or pooling == "none":
+            return vectors
+        return _pool(vectors, attention_mask, pooling)
+
     def _tokenize(self, texts: list[str], max_length: int) -> list[list[int]]:
         if self.lowercase:
             texts = [text.lower() for text in texts]
@@ -255,7 +300,7 @@ class Embedder:
         self,
         texts: Sequence[str] | str,
         layer: LayerSpec = None,
-        pooling: str = "mean",
+        pooling: str | None = None,
         normalize: bool = False,
         batch_size: int = 32,
         max_length: int | None = None,
@@ -264,31 +309,21 @@ class Embedder:
         whiten: bool = True,
     ) -> np.ndarray:
         """Embed `texts`; see `maskae.embed` for the arguments."""
+        pooling = pooling or "mean"
         layers = self.check_request(layer, pooling, layer_combine, batch_size)
         whitening = self.whitening_for(layer, pooling) if whiten else None
-        sentence_code = layers is None and self.model.config.bottleneck == "sentence"
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        if not texts:
-            raise DataError("no texts to embed: the input is empty; pass at least one string.")
-        for index, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise DataError(f"text {index} is a {type(text).__name__}, not a string; pass a list of strings.")
-
+        texts = check_texts(texts)
         token_ids = self._tokenize(texts, max_length or self.max_length)
-        order = np.argsort([-len(ids) for ids in token_ids], kind="stable")
         result = np.empty(len(texts), dtype=object) if pooling == "none" else None
-        with tqdm(total=len(texts), unit="text", disable=not show_progress) as progress:
-            for start in range(0, len(texts), batch_size):
-                rows = order[start : start + batch_size]
-                input_ids, attention_mask = self._pad([token_ids[i] for i in rows])
-                vectors = self._represent(input_ids, attention_mask, layers, layer_combine)
-                if not sentence_code and pooling != "none":
-                    vectors = _pool(vectors, attention_mask, pooling)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == "bf16"):
+            for rows, batch in in_length_order(token_ids, batch_size, show_progress):
+                input_ids, attention_mask = self._pad(batch)
+                vectors = self.pooled(input_ids, attention_mask, layers, pooling, layer_combine).float()
                 if whitening is not None:
-                    vectors = torch.from_numpy(whitening.apply(vectors.float().cpu().numpy()))
+                    vectors = torch.from_numpy(whitening.apply(vectors.cpu().numpy()))
                 if normalize:
                     vectors = F.normalize(vectors, p=2, dim=-1)
-                vectors = vectors.float().cpu().numpy()
+                vectors = vectors.cpu().numpy()
                 if pooling == "none":
                     for i, row in enumerate(rows):
                         result[row] = vectors[i, : len(token_ids[row])]
@@ -296,50 +331,14 @@ class Embedder:
                     if result is None:
                         result = np.empty((len(texts), vectors.shape[-1]), dtype=np.float32)
                     result[rows] = vectors
-                progress.update(len(rows))
         return result
 
 
-def pad_batch(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask), int64 [len(rows), longest row], right-padded with `pad_id`."""
-    width = max(len(row) for row in rows)
-    input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-    attention_mask = np.zeros((len(rows), width), dtype=np.int64)
-    for i, row in enumerate(rows):
-        input_ids[i, : len(row)] = row
-        attention_mask[i, : len(row)] = 1
-    return torch.from_numpy(input_ids), torch.from_numpy(attention_mask)
-
-
-def check_vocabulary(tokenizer: PreTrainedTokenizerBase, source: str | Path) -> None:
-    """transformers builds a tokenizer of special tokens alone from a directory without vocabulary files,
-    which would turn every word into [UNK]: plausible-looking vectors of nothing. Refused in one line."""
-    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
-        raise TokenizerError(
-            f"the tokenizer in {str(source)!r} has only its {len(tokenizer)} special tokens: its vocabulary files "
-            "(tokenizer.json, vocab.txt, ...) are missing; save the tokenizer beside the model or pass tokenizer=..."
-        )
-
-
-def _load_tokenizer(source: PreTrainedTokenizerBase | str | Path) -> PreTrainedTokenizerBase:
-    if isinstance(source, PreTrainedTokenizerBase):
-        return source
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(source))
-    except (OSError, ValueError) as error:
-        raise TokenizerError(
-            f"cannot load a tokenizer from {str(source)!r} ({error}); save the tokenizer beside the model or "
-            "pass tokenizer=..."
-        ) from None
-    check_vocabulary(tokenizer, source)
-    return tokenizer
-
-
 def embed(
-    model_or_path: str | Path | PreTrainedModel | Embedder,
+    model_or_path: str | Path | PreTrainedModel | Embedder | GraphEmbedder,
     texts: Sequence[str] | str,
     layer: LayerSpec = None,
-    pooling: str = "mean",
+    pooling: str | None = None,
     normalize: bool = False,
     batch_size: int = 32,
     max_length: int | None = None,
@@ -348,33 +347,40 @@ def embed(
     layer_combine: str = "mean",
     tokenizer: PreTrainedTokenizerBase | str | Path | None = None,
     whiten: bool = True,
+    backend: str | None = None,
+    dtype: str | None = None,
 ) -> np.ndarray:
-    """Embed `texts` with a MaskAE model or any Hugging Face encoder.
+    """Embed `texts` with a MaskAE model, any Hugging Face encoder, or a graph exported from either.
 
     Args:
         model_or_path: a checkpoint directory or Hub id, a loaded model (its tokenizer is loaded from
-            `model.name_or_path` unless `tokenizer` is given), or an `Embedder`.
+            `model.name_or_path` unless `tokenizer` is given), an `Embedder`, or a directory that
+            `maskae export --onnx/--openvino` wrote (its layer, pooling and whitening are baked in).
         layer: None for a MaskAE model's code or a stock encoder's last layer; `k` for `hidden_states[k]`
             (0 = embeddings; only layers 1..k run); a list of layers, combined by `layer_combine`.
-        pooling: "mean" (over real tokens), "cls" (first token), "max" (over real tokens), or "none" for
-            per-token vectors.
+        pooling: "mean" (over real tokens; the default), "cls" (first token), "max" (over real tokens), or
+            "none" for per-token vectors; a graph's own pooling when None.
         normalize: L2-normalise each vector (each token's, with pooling="none").
         max_length: truncation length; by default a sentence-transformers checkpoint's `max_seq_length`,
             else the tokenizer's and model's limit.
         layer_combine: "mean" averages the layers of a list, "concat" concatenates them.
         whiten: apply the whitening saved with the model (`maskae.fit_whitening`) when it was fitted on
             this `layer` and `pooling` (before `normalize`); False returns the raw embeddings.
+        backend: "torch", "onnx" or "openvino" (see `Embedder.from_pretrained`).
+        dtype: "bf16" to run bf16 matmuls where the hardware has a bf16 unit; fp32 by default.
 
     Returns:
         float32 array [n, dim] in input order; with pooling="none", an object array of n float32
         arrays [tokens_i, dim] (special tokens included, padding excluded).
     """
-    if isinstance(model_or_path, Embedder):
+    if isinstance(model_or_path, (Embedder, GraphEmbedder)):
         embedder = model_or_path
     elif isinstance(model_or_path, PreTrainedModel):
-        embedder = Embedder.from_model(model_or_path if device is None else model_or_path.to(device), tokenizer)
+        model = model_or_path if device is None else model_or_path.to(device)
+        embedder = Embedder.from_model(model, tokenizer, dtype=dtype)
     else:
-        embedder = Embedder.from_pretrained(model_or_path, device=device, tokenizer=tokenizer)
+        embedder = Embedder.from_pretrained(model_or_path, device=device, tokenizer=tokenizer, backend=backend,
+                                            dtype=dtype)
     return embedder.embed(
         texts,
         layer=layer,
@@ -402,10 +408,6 @@ def fit_whitening(
     top directions (default: all); `layer` and `pooling` select the embeddings, as in `maskae.embed`,
     and are stored so that only matching requests are whitened. Save it with `.save(model_dir)`.
     """
-    from .embedder import (
-        embed,  # embeddings applies a Whitening, so it sits below this function
-    )
-
     texts = list(texts)
     if not texts:
         raise DataError("no texts to fit the whitening on; pass a non-empty unlabelled corpus.")

@@ -23,8 +23,13 @@ def card_template(name: str) -> Path:
 
 
 def pickle_files(folder: Path) -> list[str]:
-    """Files under `folder` whose suffix says pickle, relative to it."""
-    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.suffix.lower() in PICKLE_SUFFIXES)
+    """Files under `folder` whose suffix says pickle, relative to it. An OpenVINO model's weights (a .bin beside
+    the .xml of the same name) are raw tensors, not pickle."""
+    return sorted(
+        str(path.relative_to(folder)) for path in folder.rglob("*")
+        if path.suffix.lower() in PICKLE_SUFFIXES
+        and not (path.suffix.lower() == ".bin" and path.with_suffix(".xml").is_file())
+    )
 
 
 def refuse_pickles(folder: Path, fix: str) -> None:

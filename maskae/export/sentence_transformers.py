@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +27,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..backbones import BACKBONES, get_backbone
 from ..configuration_maskae import with_num_layers
 from ..embeddings.embedder import Embedder
-from ..embeddings.pooling import SENTENCE_POOLINGS
+from ..embeddings.choices import SENTENCE_POOLINGS
 from ..embeddings.whitening import CONFIG_KEY as WHITENING_KEY
 from ..embeddings.whitening import Whitening
 from ..errors import ExportError
+from .graphs import write_sentence_transformers_graphs
 from .guards import card_template, check_plots, hub_id, refuse_pickles
 from .model_index import eval_results
 
@@ -51,6 +52,9 @@ def save_sentence_transformer(
     *,
     tokenizer: PreTrainedTokenizerBase | str | Path | None = None,
     whitening: Whitening | None = None,
+    backends: Sequence[str] = (),
+    quantize: str | None = None,
+    calibration_texts: Sequence[str] | None = None,
     metrics: Iterable[Mapping[str, Any] | EvalResult] | None = None,
     datasets: Iterable[str] | None = None,
     plots: Iterable[str | Path] | None = None,
@@ -63,7 +67,9 @@ def save_sentence_transformer(
     loaded or as a directory / Hub id. `layer` is the hidden state to keep (default: a MaskAE model's code,
     a stock model's last layer); the layers above it are dropped, so a lower layer is also a faster model.
     `whitening` is a `maskae.Whitening` to apply as a Dense module (default: the one saved beside the model,
-    when `maskae.embed` would apply it to this layer and pooling). `metrics`, `datasets` and `plots` go into the
+    when `maskae.embed` would apply it to this layer and pooling). `backends` ("onnx", "openvino") adds the
+    Transformer module as graphs in sentence-transformers' own layout (`SentenceTransformer(out_dir,
+    backend="onnx")`), int8 too with `quantize` (see `maskae.export.graphs`). `metrics`, `datasets` and `plots` go into the
     model card as in `save_for_hub`.
     """
     if pooling not in SENTENCE_POOLINGS:
@@ -97,6 +103,9 @@ def save_sentence_transformer(
             f"layer {depth} with {pooling} pooling; pass layer and pooling to match it, or fit one for them."
         )
     modules = _write_modules(out, encoder.config, embedder, pooling, normalize, whitening)
+    if backends:
+        graphs = write_sentence_transformers_graphs(embedder, depth, out, backends, quantize, calibration_texts)
+        logger.info("wrote %s", ", ".join(graphs))
 
     for plot in plot_files:
         (out / "plots").mkdir(exist_ok=True)

@@ -33,7 +33,8 @@ from transformers import AutoConfig
 from ..configuration_maskae import num_layers
 from ..data.corpus import corpus_texts, sample_texts
 from ..data.sampling import StepBatchSampler, TaggedRows
-from ..embeddings.embedder import Embedder, check_vocabulary, pad_batch
+from ..embeddings.embedder import Embedder
+from ..embeddings.inputs import check_vocabulary, pad_batch
 from ..errors import CheckpointError, ConfigError, DataError, TokenizerError
 from ..modeling_maskae import MaskAEForMaskedLM, MaskAEModel, pool
 from .builders import build_model, build_tokenizer
