@@ -12,20 +12,24 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import onnx
 import pytest
 from conftest import RECIPES, SHRINK, tiny_stock, tiny_tokenizer
+from onnx import TensorProto, helper
 from transformers import AutoTokenizer, BertTokenizerFast
 
 from maskae import MaskAEForMaskedLM
 from maskae.cli import main
 from maskae.data.corpus import default_corpus
 from maskae.data.tokenization import train_tokenizer
+from maskae.export.graphs import export_graphs
 from maskae.training import checkpoints
 from maskae.utils.run_lock import RunLock
 
@@ -103,6 +107,14 @@ def ws(tmp_path_factory) -> Path:
     (root / "export").mkdir()
     (root / "export" / "config.json").write_text("{}")
     (root / "export" / "pytorch_model.bin").write_bytes(b"pickle")
+    export_graphs(str(model), root / "graphs", ("onnx", "openvino"), layer=1)  # what maskae export --onnx writes
+    shutil.copytree(root / "graphs", root / "graphs-corrupt")
+    (root / "graphs-corrupt" / "model.onnx").write_bytes(b"\x08\x07 not a protobuf")
+    shutil.copytree(root / "graphs", root / "graphs-foreign")  # an ONNX file another tool wrote
+    identity = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "other",
+                                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
+                                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])])
+    onnx.save(helper.make_model(identity), str(root / "graphs-foreign" / "model.onnx"))
     damaged = root / "damaged-model"
     damaged.mkdir()
     for item in autoencoder.iterdir():
@@ -195,10 +207,27 @@ TABLE = [
     Case("embed: per-token vectors into .npy", lambda ws: embed(ws, "--output", str(ws / "v.npy"), "--pooling", "none"),
          ".npy cannot hold"),
     Case("embed: chunk size 0", lambda ws: embed(ws, "--output", str(ws / "v.npy"), "--chunk-size", "0"), "at least 1"),
-    # ---- evaluate
     Case("embed: model without its vocabulary", lambda ws: ["embed", str(ws / "no-vocabulary"), "--input",
                                                              str(ws / "corpus.txt"), "--output", str(ws / "v.npy")],
          "vocabulary files"),
+    Case("embed: --backend onnx on a model never exported", lambda ws: embed(ws, "--output", str(ws / "v.npy"),
+                                                                            "--backend", "onnx"), "export one first"),
+    Case("embed: --backend torch on exported graphs", lambda ws: ["embed", str(ws / "graphs"), "--input",
+                                                                 str(ws / "corpus.txt"), "--output", str(ws / "v.npy"),
+                                                                 "--backend", "torch"], "not PyTorch weights"),
+    Case("embed: a layer the graph does not hold", lambda ws: ["embed", str(ws / "graphs"), "--input",
+                                                              str(ws / "corpus.txt"), "--output", str(ws / "v.npy"),
+                                                              "--layer", "2"], "exported at layer 1"),
+    Case("embed: bf16 on ONNX Runtime", lambda ws: ["embed", str(ws / "graphs"), "--input", str(ws / "corpus.txt"),
+                                                   "--output", str(ws / "v.npy"), "--backend", "onnx", "--dtype",
+                                                   "bf16"], "no bf16 path"),
+    Case("embed: a corrupt .onnx file", lambda ws: ["embed", str(ws / "graphs-corrupt"), "--input",
+                                                   str(ws / "corpus.txt"), "--output", str(ws / "v.npy"), "--backend",
+                                                   "onnx"], "not a loadable ONNX graph", keep=("graphs-corrupt",)),
+    Case("embed: a foreign .onnx file", lambda ws: ["embed", str(ws / "graphs-foreign"), "--input",
+                                                   str(ws / "corpus.txt"), "--output", str(ws / "v.npy"), "--backend",
+                                                   "onnx"], "not a maskae sentence graph", keep=("graphs-foreign",)),
+    # ---- evaluate
     Case("evaluate: data missing", lambda ws: ["evaluate", str(ws / "model"), "--task", "sts", "--data",
                                                str(ws / "nope.tsv")], "is not a file"),
     Case("evaluate: data is a directory", lambda ws: ["evaluate", str(ws / "model"), "--task", "sts", "--data",
@@ -228,6 +257,21 @@ TABLE = [
          keep=("a-file",)),
     Case("export: --out holds an earlier run", lambda ws: ["export", str(ws / "maskae"), "--out", str(ws / "run")],
          "is not empty", keep=("run",)),
+    Case("export: --onnx at a layer beyond the depth", lambda ws: ["export", str(ws / "model"), "--out",
+                                                                  str(ws / "g"), "--onnx", "--layer", "9"],
+         "out of range"),
+    Case("export: --pooling none for a graph", lambda ws: ["export", str(ws / "model"), "--out", str(ws / "g"),
+                                                          "--onnx", "--pooling", "none"], ARGPARSE),
+    Case("export: empty calibration text", lambda ws: ["export", str(ws / "model"), "--out", str(ws / "g"),
+                                                      "--openvino", "--quantize", "int8", "--calibrate",
+                                                      str(ws / "blank.txt")], "no text"),
+    Case("export: --calibrate for ONNX", lambda ws: ["export", str(ws / "model"), "--out", str(ws / "g"), "--onnx",
+                                                    "--quantize", "int8", "--calibrate", str(ws / "corpus.txt")],
+         "OpenVINO's static int8"),
+    Case("export: --quantize without a graph", lambda ws: ["export", str(ws / "maskae"), "--out", str(ws / "g"),
+                                                          "--quantize", "int8"], "pass --onnx or --openvino"),
+    Case("export: --onnx with --stock", lambda ws: ["export", str(ws / "maskae"), "--out", str(ws / "g"), "--onnx",
+                                                   "--stock"], "not a --stock"),
     # ---- push (no network: HF_HUB_OFFLINE=1)
     Case("push: directory missing", lambda ws: ["push", str(ws / "nope"), "--repo-id", "me/model"], "has no config.json"),
     Case("push: pickle weights", lambda ws: ["push", str(ws / "export"), "--repo-id", "me/model"], "pickle"),

@@ -116,9 +116,9 @@ def run(args: argparse.Namespace) -> int:
     graphs = [name for name in ("onnx", "openvino") if getattr(args, name)]
     if graphs and (args.stock or args.encoder_only):
         raise ConfigError("--onnx and --openvino write sentence-vector graphs, not a --stock or --encoder-only model; "
-                          "drop one of them.")
+                          "remove one of them.")
     if (args.quantize or args.calibrate) and not graphs:
-        raise ConfigError("--quantize and --calibrate make int8 graphs; add --onnx or --openvino.")
+        raise ConfigError("--quantize and --calibrate make int8 graphs; pass --onnx or --openvino with them.")
     if args.sentence_transformers:
         return _run_sentence_transformers(args, graphs)
     if graphs:

@@ -209,8 +209,8 @@ def _check_request(backends, pooling, quantize, calibration_texts) -> list[str]:
         raise ExportError(f"unknown quantization {quantize!r}; use int8, or none for fp32.")
     if calibration_texts is not None:
         if quantize is None or "openvino" not in backends:
-            raise ExportError("calibration text is for OpenVINO's static int8; add --openvino --quantize int8, or drop "
-                              "--calibrate.")
+            raise ExportError("calibration text is for OpenVINO's static int8; pass --openvino --quantize int8 with "
+                              "it, or remove --calibrate.")
         if not any(isinstance(text, str) and text.strip() for text in calibration_texts):
             raise DataError("the calibration text is empty; pass a corpus of a few hundred sentences like the ones "
                             "you will embed.")
