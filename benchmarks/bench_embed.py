@@ -8,11 +8,22 @@ sentence-transformers export (--st-export): all-MiniLM-L6-v2 as shipped and its 
 (`maskae export MODEL --sentence-transformers --layer 3`), both through sentence-transformers' `encode`,
 alternating round by round; what a user of the export gets.
 
+CPU backends (--backends): all-MiniLM-L6-v2 on the STS-B test sentences, in one invocation: maskae at the
+last layer and at layer 3 on PyTorch, ONNX Runtime (fp32, dynamic int8) and OpenVINO (fp32, bf16 where the
+CPU has a bf16 unit, static int8 calibrated on 300 STS-B *train* sentences), each `maskae export` graph
+timed through `maskae.embed(..., backend=...)`; beside them sentence-transformers' torch, onnx, onnx-int8,
+openvino and openvino-int8 from a second environment (`--st-python`; see st_backends_anchor.py: optimum
+pins transformers below 5), its rounds alternating with maskae's. `--distilled RUN` adds a distilled run's
+code (maskae adapt --objective distill) on the same paths. Prints sentences/s, the ratio to ST torch fp32
+and the STS-B Spearman with the share of the same layer's fp32 figure kept.
+
 Memory (--memory): the CLI embeds a corpus of N and of 10 N sentences (cycled from STS-B and SST-2)
 in a fresh process each; with chunked streaming, peak resident memory must not grow with the corpus.
 
     python benchmarks/bench_embed.py [--threads 1] [--rounds 3] [--memory --memory-sentences 200000]
     python benchmarks/bench_embed.py --st-export --sentences 2000 --skip-speed
+    python benchmarks/bench_embed.py --skip-speed --backends --st-python /work/st-env/bin/python \
+        [--distilled RUN_DIR] [--json docs/backends.json]
 """
 
 from __future__ import annotations
@@ -115,6 +126,136 @@ def bench_st_export(args: argparse.Namespace) -> None:
               "wall per round: " + " ".join(f"{t:.2f}" for t in wall[name]))
 
 
+def stsb_pairs(split: str) -> tuple[list[str], list[float]]:
+    """[all first sentences, then all second sentences] and the gold scores."""
+    with open(DATA / "stsb" / f"{split}.tsv", encoding="utf-8", newline="") as handle:
+        rows = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
+    return [row[0] for row in rows] + [row[1] for row in rows], [float(row[2]) for row in rows]
+
+
+def spearman(vectors: np.ndarray, scores: list[float]) -> float:
+    from scipy.stats import spearmanr
+
+    half = len(vectors) // 2
+    a, b = vectors[:half], vectors[half:]
+    cosine = np.sum(a * b, axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    return 100 * float(spearmanr(cosine, scores).statistic)
+
+
+def maskae_backends(texts: list[str], calibration: list[str], scratch: Path, args: argparse.Namespace) -> dict:
+    """name -> (callable embedding `texts`, layer label): maskae's paths for MiniLM at 6 and 3 layers (and the
+    distilled runs), each graph exported by `maskae export`'s own function."""
+    from maskae import Embedder, embed
+    from maskae.embeddings.graphs import GraphEmbedder
+    from maskae.export.graphs import export_graphs
+    from maskae.utils.host import has_bf16_unit
+
+    batch = args.batch_size
+    sources = [("MiniLM L6", str(minilm_path()), 6), ("MiniLM L3", str(minilm_path()), 3)]
+    sources += [(f"distilled L{json.loads((Path(run) / 'config.json').read_text())['split_layer']} ({Path(run).name})",
+                 run, None) for run in args.distilled]
+    systems = {}
+    for label, model, layer in sources:
+        embedder = Embedder.from_pretrained(model, device="cpu")
+        systems[f"maskae torch fp32, {label}"] = (lambda e=embedder, k=layer: e.embed(texts, layer=k, batch_size=batch), label)
+        tag = label.split(" (")[0].replace(" ", "-")
+        fp32 = export_graphs(embedder, scratch / f"{tag}-fp32", ("onnx", "openvino"), layer=layer)
+        int8 = export_graphs(embedder, scratch / f"{tag}-int8", ("onnx",), layer=layer, quantize="int8")
+        static = export_graphs(embedder, scratch / f"{tag}-static", ("openvino",), layer=layer, quantize="int8",
+                               calibration_texts=calibration)
+        graphs = {"onnx fp32": GraphEmbedder(fp32, "onnx"), "onnx int8 dynamic": GraphEmbedder(int8, "onnx"),
+                  "openvino fp32": GraphEmbedder(fp32, "openvino")}
+        if has_bf16_unit():
+            graphs["openvino bf16"] = GraphEmbedder(fp32, "openvino", dtype="bf16")
+        graphs["openvino int8 static"] = GraphEmbedder(static, "openvino")
+        for name, graph in graphs.items():
+            systems[f"maskae {name}, {label}"] = (lambda g=graph: embed(g, texts, batch_size=batch), label)
+    return systems
+
+
+def bench_backends(args: argparse.Namespace) -> None:
+    from maskae.utils.host import describe_host, has_bf16_unit, int8_kernels
+
+    texts, scores = stsb_pairs("test")
+    calibration = stsb_sentences("train")[:300]  # the user's own unlabelled text, never the test sentences
+    print(f"host: {describe_host()}; int8 kernels: {int8_kernels()}; bf16 unit: {has_bf16_unit()}")
+    print(f"{len(texts)} STS-B test sentences, batch size {args.batch_size}, {args.rounds} rounds, medians")
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp)
+        (scratch / "calibration").mkdir()
+        with open(scratch / "calibration" / "train.csv", "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["text"])
+            writer.writerows([text] for text in calibration)
+        (scratch / "sentences.json").write_text(json.dumps({"texts": texts, "scores": scores}))
+        anchor = subprocess.Popen(
+            [args.st_python, str(Path(__file__).with_name("st_backends_anchor.py")), str(minilm_path()),
+             str(scratch / "sentences.json"), str(scratch / "calibration"), str(scratch / "st"), str(args.batch_size)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
+        ours = maskae_backends(texts, calibration, scratch, args)
+        quality = {name: spearman(run(), scores) for name, (run, _) in ours.items()}
+        first = anchor.stdout.readline()
+        if not first:
+            raise SystemExit(f"the sentence-transformers anchor ({args.st_python}) failed; run st_backends_anchor.py "
+                             "by hand to see why")
+        quality.update(json.loads(first)["quality"])
+        seconds: dict[str, list[float]] = {name: [] for name in quality}
+
+        def st_round() -> None:
+            anchor.stdin.write("round\n")
+            anchor.stdin.flush()
+            for name, value in json.loads(anchor.stdout.readline())["seconds"].items():
+                seconds[name].append(value)
+
+        def maskae_round() -> None:
+            for name, (run, _) in ours.items():
+                start = time.perf_counter()
+                run()
+                seconds[name].append(time.perf_counter() - start)
+
+        for round_index in range(args.rounds):
+            for step in ((st_round, maskae_round) if round_index % 2 == 0 else (maskae_round, st_round)):
+                step()
+        anchor.stdin.close()
+        anchor.wait()
+    rows = backend_rows(quality, seconds, len(texts), {name: label for name, (_, label) in ours.items()})
+    print_backend_rows(rows)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"host": describe_host(), "int8_kernels": int8_kernels(),
+                                               "sentences": len(texts), "rows": rows}, indent=2) + "\n")
+
+
+def backend_rows(quality: dict, seconds: dict, count: int, labels: dict) -> list[dict]:
+    """One row per system: speed, ratio to ST torch fp32, Spearman and the share of its own fp32 figure kept
+    (ST rows against ST torch; maskae rows against maskae torch at the same layer)."""
+    base = count / statistics.median(seconds["ST torch fp32"])
+    rows = []
+    for name in quality:
+        speed = count / statistics.median(seconds[name])
+        label = labels.get(name)
+        fp32 = quality["ST torch fp32"] if label is None else quality[f"maskae torch fp32, {label}"]
+        rows.append({"system": name, "sentences_per_s": round(speed, 1), "vs_st_torch": round(speed / base, 3),
+                     "stsb_spearman": round(quality[name], 2), "kept_pct": round(100 * quality[name] / fp32, 2),
+                     "layer": label or "ST, 6 layers", "seconds": [round(t, 3) for t in seconds[name]]})
+    return rows
+
+
+def print_backend_rows(rows: list[dict]) -> None:
+    print(f"{'system':58s} {'sent/s':>8s} {'vs ST torch':>11s} {'STS-B':>6s} {'kept':>7s}")
+    for row in rows:
+        print(f"{row['system']:58s} {row['sentences_per_s']:8.0f} {row['vs_st_torch']:10.2f}x "
+              f"{row['stsb_spearman']:6.2f} {row['kept_pct']:6.2f}%")
+    st = [r for r in rows if r["layer"] == "ST, 6 layers"]
+    st_best = max(st, key=lambda r: r["sentences_per_s"])
+    for label, target, goal in (("MiniLM L6", st_best, 1.2), ("MiniLM L3", st_best, 2.5)):
+        ours = [r for r in rows if r["layer"] == label and r["kept_pct"] >= 99]
+        best = max(ours, key=lambda r: r["sentences_per_s"])
+        ratio = best["sentences_per_s"] / target["sentences_per_s"]
+        print(f"goal {label}: fastest at >= 99% kept is {best['system']!r}, {ratio:.2f}x ST's fastest "
+              f"({target['system']}); goal {goal}x: {'met' if ratio >= goal else 'missed'}")
+
+
 CHILD = """
 import resource, sys, torch
 torch.set_num_threads(int(sys.argv[1]))
@@ -166,6 +307,13 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true", help="also run the CLI memory check")
     parser.add_argument("--st-export", action="store_true",
                         help="also time MiniLM against its half-depth sentence-transformers export")
+    parser.add_argument("--backends", action="store_true",
+                        help="time maskae's torch / onnx / openvino paths against sentence-transformers' backends")
+    parser.add_argument("--st-python", default="/work/st-env/bin/python",
+                        help="python of an environment with sentence-transformers[onnx,openvino] (for --backends)")
+    parser.add_argument("--distilled", action="append", default=[], metavar="RUN",
+                        help="a distilled maskae run to add to --backends (repeatable)")
+    parser.add_argument("--json", help="write the --backends rows to this JSON file")
     parser.add_argument("--memory-sentences", type=int, default=200_000)
     parser.add_argument("--layer", type=int, default=1, help="layer the memory check extracts (low = fast)")
     parser.add_argument("--chunk-size", type=int, default=10_000)
@@ -177,6 +325,8 @@ def main() -> None:
         bench_speed(args)
     if args.st_export:
         bench_st_export(args)
+    if args.backends:
+        bench_backends(args)
     if args.memory:
         bench_memory(args)
 
