@@ -223,7 +223,32 @@ def bench_backends(args: argparse.Namespace) -> None:
     print_backend_rows(rows)
     if args.json:
         Path(args.json).write_text(json.dumps({"host": describe_host(), "int8_kernels": int8_kernels(),
-                                               "sentences": len(texts), "rows": rows}, indent=2) + "\n")
+                                               "sentences": len(texts), "rows": rows,
+                                               "points": frontier_points(rows)}, indent=2) + "\n")
+
+
+def frontier_points(rows: list[dict]) -> list[dict]:
+    """The rows `maskae plot --frontier` draws: every PyTorch row, sentence-transformers' torch and fastest rows,
+    and for each model the fastest graph that keeps >= 99% of its fp32 quality."""
+    st_fastest = max((r for r in rows if r["system"].startswith("ST ")), key=lambda r: r["sentences_per_s"])
+    points = []
+    for row in rows:
+        name, label = row["system"], row["layer"]
+        if name.startswith("ST "):
+            if row is not st_fastest and name != "ST torch fp32":
+                continue
+            kind = "anchor"
+        elif "torch" in name:
+            kind = "distilled" if label.startswith("distilled") else "off-the-shelf"
+        else:
+            same = [r for r in rows if r["layer"] == label and "torch" not in r["system"] and r["kept_pct"] >= 99]
+            if row is not max(same, key=lambda r: r["sentences_per_s"]):
+                continue
+            kind = "graph"
+        layer = None if kind == "anchor" else int(label.split(" L")[1].split()[0])
+        points.append({"name": name, "kind": kind, "layer": layer, "stsb": row["stsb_spearman"],
+                       "sentences_per_s": row["sentences_per_s"], "speed_ratio": row["vs_st_torch"]})
+    return points
 
 
 def backend_rows(quality: dict, seconds: dict, count: int, labels: dict) -> list[dict]:

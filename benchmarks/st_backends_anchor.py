@@ -73,6 +73,9 @@ def load_models(model_dir: str, calibration_dir: str, scratch: str) -> dict:
 
 def main() -> None:
     model_dir, sentences_file, calibration_dir, scratch, batch_size = sys.argv[1:6]
+    # The protocol owns stdout; whatever the libraries print (NNCF's progress bars, optimum's notes) goes to stderr.
+    protocol = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
     data = json.loads(open(sentences_file).read())
     texts, scores, half = data["texts"], data["scores"], len(data["texts"]) // 2
     models = load_models(model_dir, calibration_dir, scratch)
@@ -80,7 +83,7 @@ def main() -> None:
     for name, model in models.items():
         vectors = model.encode(texts, batch_size=int(batch_size), normalize_embeddings=True)
         quality[name] = 100 * spearmanr(np.sum(vectors[:half] * vectors[half:], axis=1), scores).statistic
-    print(json.dumps({"quality": quality}), flush=True)
+    print(json.dumps({"quality": quality}), file=protocol, flush=True)
     for line in sys.stdin:
         if line.strip() != "round":
             break
@@ -89,7 +92,7 @@ def main() -> None:
             start = time.perf_counter()
             model.encode(texts, batch_size=int(batch_size))
             seconds[name] = time.perf_counter() - start
-        print(json.dumps({"seconds": seconds}), flush=True)
+        print(json.dumps({"seconds": seconds}), file=protocol, flush=True)
 
 
 if __name__ == "__main__":

@@ -100,7 +100,7 @@ def _run_frontier(args: argparse.Namespace) -> int:
     from ..utils.plotting import plot_frontier
 
     points = figures.get("points", []) if isinstance(figures, dict) else []
-    title = f"measured on {figures.get('cpu', 'a CPU')}" if isinstance(figures, dict) else ""
+    title = f"measured on {figures.get('cpu') or figures.get('host', 'a CPU')}" if isinstance(figures, dict) else ""
     output = plot_frontier(points, args.output or Path("frontier.png"), quality=args.quality, title=title)
     print(f"saved {output}")
     return 0

@@ -67,7 +67,8 @@ def plot_embedding_map(
     return _save(figure, output)
 
 
-FRONTIER_STYLES = {"off-the-shelf": ("o", "tab:gray"), "distilled": ("s", "tab:blue"), "anchor": ("^", "tab:red")}
+FRONTIER_STYLES = {"off-the-shelf": ("o", "tab:gray"), "distilled": ("s", "tab:blue"), "anchor": ("^", "tab:red"),
+                   "graph": ("D", "tab:green")}
 
 
 def plot_frontier(points: Sequence[Mapping], output: str | Path, quality: str = "stsb", title: str = "") -> Path:
@@ -111,6 +112,10 @@ def _short_name(point: Mapping) -> str:
         return f"L{point['layer']}"
     if point.get("kind") == "distilled":
         return f"L{point['layer']} distilled"
+    if point.get("kind") == "graph":  # "maskae openvino int8 static, distilled L3 (run)" -> "L3 distilled, openvino int8"
+        backend, _, model = str(point["name"]).removeprefix("maskae ").partition(", ")
+        model = model.split(" (")[0].replace("MiniLM ", "")
+        return f"{' '.join(reversed(model.split(' ')))}, {' '.join(backend.split()[:2])}"
     return str(point["name"]).split(" (")[0]
 
 
