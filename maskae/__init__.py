@@ -24,15 +24,18 @@ _EXPORTS = {
     "DataError": "errors",
     "ExportError": "errors",
     "MaskAEError": "errors",
+    "MissingExtraError": "errors",
     "TokenizerError": "errors",
     "UnsupportedBackboneError": "errors",
     "DataCollatorForDenoising": "data.collator",
     "NoiseConfig": "data.noise_config",
     "Embedder": "embeddings.embedder",
     "embed": "embeddings.embedder",
+    "GraphEmbedder": "embeddings.graphs",
     "Whitening": "embeddings.whitening",
     "fit_whitening": "embeddings.embedder",
     "export_stock": "export.stock",
+    "export_graphs": "export.graphs",
     "save_for_hub": "export.hub",
     "save_sentence_transformer": "export.sentence_transformers",
     "distill": "training.run",
@@ -61,6 +64,7 @@ if TYPE_CHECKING:
     from .data.collator import DataCollatorForDenoising
     from .data.noise_config import NoiseConfig
     from .embeddings.embedder import Embedder, embed, fit_whitening
+    from .embeddings.graphs import GraphEmbedder
     from .embeddings.whitening import Whitening
     from .errors import (
         CheckpointError,
@@ -68,9 +72,11 @@ if TYPE_CHECKING:
         DataError,
         ExportError,
         MaskAEError,
+        MissingExtraError,
         TokenizerError,
         UnsupportedBackboneError,
     )
+    from .export.graphs import export_graphs
     from .export.hub import save_for_hub
     from .export.sentence_transformers import save_sentence_transformer
     from .export.stock import export_stock

@@ -1,5 +1,5 @@
 """Models that leave maskae: stock transformers checkpoints (`stock`), maskae's own Hub layout with a
-model card (`hub`), sentence-transformers folders (`sentence_transformers`), uploads (`push`), and the
+model card (`hub`), sentence-transformers folders (`sentence_transformers`), ONNX and OpenVINO graphs of any layer (`graphs`), uploads (`push`), and the
 checks every export shares (`guards`). Card templates live in the repository's `model_cards/`, shipped
 as `maskae.model_cards`.
 
