@@ -158,6 +158,10 @@ def maskae_backends(texts: list[str], calibration: list[str], scratch: Path, arg
     for label, model, layer in sources:
         embedder = Embedder.from_pretrained(model, device="cpu")
         systems[f"maskae torch fp32, {label}"] = (lambda e=embedder, k=layer: e.embed(texts, layer=k, batch_size=batch), label)
+        if has_bf16_unit():
+            bf16 = Embedder.from_pretrained(model, device="cpu", dtype="bf16")
+            systems[f"maskae torch bf16, {label}"] = (lambda e=bf16, k=layer: e.embed(texts, layer=k, batch_size=batch),
+                                                      label)
         tag = label.split(" (")[0].replace(" ", "-")
         fp32 = export_graphs(embedder, scratch / f"{tag}-fp32", ("onnx", "openvino"), layer=layer)
         int8 = export_graphs(embedder, scratch / f"{tag}-int8", ("onnx",), layer=layer, quantize="int8")
@@ -171,6 +175,21 @@ def maskae_backends(texts: list[str], calibration: list[str], scratch: Path, arg
         for name, graph in graphs.items():
             systems[f"maskae {name}, {label}"] = (lambda g=graph: embed(g, texts, batch_size=batch), label)
     return systems
+
+
+def st_exports(runs: list[str], calibration: list[str], scratch: Path) -> dict[Path, str]:
+    """`maskae export RUN --sentence-transformers --onnx --openvino --quantize int8 --calibrate` of each distilled
+    run, for sentence-transformers to load with its own backends; folder -> the run's row label."""
+    from maskae import save_sentence_transformer
+
+    exports = {}
+    for run in runs:
+        layer = json.loads((Path(run) / "config.json").read_text())["split_layer"]
+        path = scratch / f"st-export-{Path(run).name}"
+        save_sentence_transformer(run, path, backends=("onnx", "openvino"), quantize="int8",
+                                  calibration_texts=calibration)
+        exports[path] = f"distilled L{layer} ({Path(run).name})"
+    return exports
 
 
 def bench_backends(args: argparse.Namespace) -> None:
@@ -188,9 +207,11 @@ def bench_backends(args: argparse.Namespace) -> None:
             writer.writerow(["text"])
             writer.writerows([text] for text in calibration)
         (scratch / "sentences.json").write_text(json.dumps({"texts": texts, "scores": scores}))
+        exports = st_exports(args.distilled, calibration, scratch)
         anchor = subprocess.Popen(
             [args.st_python, str(Path(__file__).with_name("st_backends_anchor.py")), str(minilm_path()),
-             str(scratch / "sentences.json"), str(scratch / "calibration"), str(scratch / "st"), str(args.batch_size)],
+             str(scratch / "sentences.json"), str(scratch / "calibration"), str(scratch / "st"), str(args.batch_size),
+             *[str(path) for path in exports]],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
             env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
         ours = maskae_backends(texts, calibration, scratch, args)
@@ -219,7 +240,10 @@ def bench_backends(args: argparse.Namespace) -> None:
                 step()
         anchor.stdin.close()
         anchor.wait()
-    rows = backend_rows(quality, seconds, len(texts), {name: label for name, (_, label) in ours.items()})
+    labels = {name: label for name, (_, label) in ours.items()}
+    for path, label in exports.items():  # maskae's sentence-transformers exports, run by sentence-transformers
+        labels.update({name: label for name in quality if name.endswith(f"maskae export {path.name}")})
+    rows = backend_rows(quality, seconds, len(texts), labels)
     print_backend_rows(rows)
     if args.json:
         Path(args.json).write_text(json.dumps({"host": describe_host(), "int8_kernels": int8_kernels(),
@@ -230,7 +254,7 @@ def bench_backends(args: argparse.Namespace) -> None:
 def frontier_points(rows: list[dict]) -> list[dict]:
     """The rows `maskae plot --frontier` draws: every PyTorch row, sentence-transformers' torch and fastest rows,
     and for each model the fastest graph that keeps >= 99% of its fp32 quality."""
-    st_fastest = max((r for r in rows if r["system"].startswith("ST ")), key=lambda r: r["sentences_per_s"])
+    st_fastest = max((r for r in rows if r["layer"] == "ST, 6 layers"), key=lambda r: r["sentences_per_s"])
     points = []
     for row in rows:
         name, label = row["system"], row["layer"]
@@ -241,7 +265,8 @@ def frontier_points(rows: list[dict]) -> list[dict]:
         elif "torch" in name:
             kind = "distilled" if label.startswith("distilled") else "off-the-shelf"
         else:
-            same = [r for r in rows if r["layer"] == label and "torch" not in r["system"] and r["kept_pct"] >= 99]
+            same = [r for r in rows if r["layer"] == label and r["system"].startswith("maskae ")
+                    and "torch" not in r["system"] and r["kept_pct"] >= 99]
             if row is not max(same, key=lambda r: r["sentences_per_s"]):
                 continue
             kind = "graph"
@@ -273,12 +298,15 @@ def print_backend_rows(rows: list[dict]) -> None:
               f"{row['stsb_spearman']:6.2f} {row['kept_pct']:6.2f}%")
     st = [r for r in rows if r["layer"] == "ST, 6 layers"]
     st_best = max(st, key=lambda r: r["sentences_per_s"])
-    for label, target, goal in (("MiniLM L6", st_best, 1.2), ("MiniLM L3", st_best, 2.5)):
-        ours = [r for r in rows if r["layer"] == label and r["kept_pct"] >= 99]
+    goals = {6: 1.2, 3: 2.5}  # the issue's: last layer >= 1.2x, layer 3 >= 2.5x ST's fastest full-depth backend
+    for label in dict.fromkeys(r["layer"] for r in rows if r["system"].startswith("maskae ")):
+        ours = [r for r in rows if r["layer"] == label and r["system"].startswith("maskae ") and r["kept_pct"] >= 99]
         best = max(ours, key=lambda r: r["sentences_per_s"])
-        ratio = best["sentences_per_s"] / target["sentences_per_s"]
-        print(f"goal {label}: fastest at >= 99% kept is {best['system']!r}, {ratio:.2f}x ST's fastest "
-              f"({target['system']}); goal {goal}x: {'met' if ratio >= goal else 'missed'}")
+        ratio = best["sentences_per_s"] / st_best["sentences_per_s"]
+        goal = goals.get(int(label.split(" L")[1].split()[0]))
+        verdict = f"; goal {goal}x: {'met' if ratio >= goal else 'missed'}" if goal else ""
+        print(f"{label}: fastest at >= 99% kept is {best['system']!r}, {ratio:.2f}x ST's fastest "
+              f"({st_best['system']}){verdict}")
 
 
 CHILD = """

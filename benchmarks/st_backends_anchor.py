@@ -13,7 +13,11 @@ waits: each line "round" on stdin times one pass of every model over the test se
 line of seconds, so the caller can alternate these rounds with its own. The first JSON line gives each
 model's STS-B Spearman.
 
-    python st_backends_anchor.py MODEL_DIR SENTENCES.json CALIBRATION_DIR SCRATCH_DIR BATCH_SIZE
+    python st_backends_anchor.py MODEL_DIR SENTENCES.json CALIBRATION_DIR SCRATCH_DIR BATCH_SIZE [EXPORT_DIR ...]
+
+Each EXPORT_DIR is a `maskae export --sentence-transformers --onnx --openvino --quantize int8` folder: its
+int8 graphs are loaded with sentence-transformers' own backends too (named "ST <backend> int8, maskae export
+<folder name>"), which is how a user of that export runs it.
 """
 
 from __future__ import annotations
@@ -71,14 +75,29 @@ def load_models(model_dir: str, calibration_dir: str, scratch: str) -> dict:
     return models
 
 
+def load_exports(directories: list[str]) -> dict:
+    from sentence_transformers import SentenceTransformer
+
+    models = {}
+    for directory in directories:
+        name = os.path.basename(directory.rstrip("/"))
+        onnx = [f for f in os.listdir(os.path.join(directory, "onnx")) if f.startswith("model_qint8")][0]
+        models[f"ST onnx int8, maskae export {name}"] = SentenceTransformer(
+            directory, device="cpu", backend="onnx", model_kwargs={"file_name": f"onnx/{onnx}"})
+        models[f"ST openvino int8 static, maskae export {name}"] = SentenceTransformer(
+            directory, device="cpu", backend="openvino",
+            model_kwargs={"file_name": "openvino/openvino_model_qint8_quantized.xml"})
+    return models
+
+
 def main() -> None:
-    model_dir, sentences_file, calibration_dir, scratch, batch_size = sys.argv[1:6]
+    model_dir, sentences_file, calibration_dir, scratch, batch_size, *exports = sys.argv[1:]
     # The protocol owns stdout; whatever the libraries print (NNCF's progress bars, optimum's notes) goes to stderr.
     protocol = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
     data = json.loads(open(sentences_file).read())
     texts, scores, half = data["texts"], data["scores"], len(data["texts"]) // 2
-    models = load_models(model_dir, calibration_dir, scratch)
+    models = {**load_models(model_dir, calibration_dir, scratch), **load_exports(exports)}
     quality = {}
     for name, model in models.items():
         vectors = model.encode(texts, batch_size=int(batch_size), normalize_embeddings=True)

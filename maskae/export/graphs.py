@@ -84,7 +84,12 @@ class TokenGraph(nn.Module):
         self.embedder, self.depth, self.model = embedder, depth, embedder.model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.embedder.pooled(input_ids, attention_mask, [self.depth], "none")
+        hidden = self.embedder.pooled(input_ids, attention_mask, [self.depth], "none")
+        if self.depth == 0:
+            # A lookup never reads the mask, and the tracer would drop the input that sentence-transformers'
+            # OpenVINO backend always feeds; zeroing the padding (which pooling skips anyway) keeps it.
+            hidden = hidden * attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return hidden
 
 
 def export_graphs(
