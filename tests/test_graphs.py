@@ -291,3 +291,12 @@ def test_bf16_where_the_host_has_it_and_fp32_elsewhere(minilm_path, monkeypatch,
     assert not np.array_equal(bf16, fp32)
     cosine = np.sum(bf16 * fp32, axis=1) / np.linalg.norm(bf16, axis=1) / np.linalg.norm(fp32, axis=1)
     assert cosine.min() > 0.999
+
+
+def test_static_token_graph_keeps_the_mask_input(tiny_run, tmp_path):
+    """A layer-0 graph never reads the mask, but sentence-transformers' OpenVINO backend always feeds it."""
+    import openvino as ov
+
+    out = save_sentence_transformer(tiny_run, tmp_path / "st", layer=0, backends=("openvino",))
+    model = ov.Core().read_model(str(out / "openvino" / "openvino_model.xml"))
+    assert sorted(port.get_any_name() for port in model.inputs) == ["attention_mask", "input_ids"]
