@@ -24,6 +24,7 @@ from maskae.data.corpus import default_corpus
 from maskae.errors import CheckpointError, StorageError
 from maskae.training import run as pretraining
 from maskae.training import checkpoints
+from maskae.utils.integrity import directory_records
 from maskae.utils.run_lock import RunLock, RunLockedError
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -94,6 +95,39 @@ def test_no_intact_checkpoint_is_one_error(tmp_path, small_tokenizer):
     with pytest.raises(CheckpointError, match="no checkpoint in .* is intact .*optimizer.bin does not match") as error:
         pretraining.train(tiny_recipe(small_tokenizer, "training.max_steps=8"), tmp_path, resume=True)
     assert "\n" not in str(error.value)
+
+
+class Planted:
+    """A pickle that writes a file when it is unpickled: what a tampered checkpoint would carry."""
+
+    def __init__(self, target: Path):
+        self.target = target
+
+    def __reduce__(self):
+        return (Path.write_text, (self.target, "the checkpoint ran code"))
+
+
+@pytest.mark.usefixtures("fresh_accelerator_state")
+@pytest.mark.parametrize("planted", ["optimizer.bin", "scheduler.bin", "random_states_0.pkl", "custom_checkpoint_0.pkl"])
+def test_resume_never_unpickles_a_planted_file(tmp_path, small_tokenizer, planted, capsys):
+    """Every resume state loads with weights_only=True (torch before 2.6 unpickled anything by default), and the
+    step counter is JSON: a planted pickle, even with the integrity records rewritten to match, is refused."""
+    recipe = tiny_recipe(small_tokenizer, "training.pseudo_perplexity_blocks=0", "training.max_steps=4")
+    pretraining.train(recipe, tmp_path / "run")
+    AcceleratorState._reset_state(reset_partial_state=True)
+    checkpoint = tmp_path / "run" / "checkpoint-4"
+    target = tmp_path / "pwned.txt"
+    torch.save(Planted(target), checkpoint / planted)
+    if planted == "custom_checkpoint_0.pkl":  # the layout of older maskae, whose step was a pickle
+        (checkpoint / "train_state.json").unlink()
+    marker = checkpoint / checkpoints.COMPLETE_MARKER
+    marker.write_text(json.dumps({"step": 4, "files": directory_records(checkpoint, skip=(marker.name,))}))
+    longer = tiny_recipe(small_tokenizer, "training.pseudo_perplexity_blocks=0", "training.max_steps=8")
+    longer.save(tmp_path / "recipe.yaml")
+    code = main(["train", str(tmp_path / "recipe.yaml"), "--output-dir", str(tmp_path / "run"), "--resume"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and not target.exists()
+    assert lines[-1].startswith("maskae train: error: cannot ") and "Traceback" not in "\n".join(lines), lines
 
 
 # ---------------------------------------------------------------- a full disk

@@ -80,10 +80,10 @@ def test_a_stream_resumes_only_on_its_process_count(tmp_path, small_tokenizer, c
     pretraining.train(recipe, tmp_path)
     # pretend two processes wrote it: the checkpoint then holds two stream positions (and records them)
     checkpoint = checkpoints.latest_checkpoint(tmp_path)
-    state_file = checkpoint / "custom_checkpoint_0.pkl"
-    state = torch.load(state_file, weights_only=False)
+    state_file = checkpoint / "train_state.json"
+    state = json.loads(state_file.read_text())
     state["streams"] = state["streams"] * 2
-    torch.save(state, state_file)
+    state_file.write_text(json.dumps(state))
     marker = checkpoint / checkpoints.COMPLETE_MARKER
     marker.write_text(json.dumps({"step": 4, "files": directory_records(checkpoint, skip=(marker.name,))}))
     longer = streaming_recipe(small_tokenizer, corpus, "training.max_steps=8", "training.save_steps=4")

@@ -32,6 +32,7 @@ from typing import Iterator
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, gather_object, set_seed
+from accelerate.utils import load as load_tensors  # torch.load, weights_only=True, numpy RNG states allowed
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
@@ -87,7 +88,11 @@ class StreamCollator:
 class TrainState:
     """What Accelerate does not checkpoint by itself: the optimizer-step counter (the log position and,
     for map-style data, the data position follow from it) and, when streaming, every process's stream
-    position (Accelerate saves this object from the main process only, so the positions are gathered first)."""
+    position (gathered first, since the main process writes it). Stored as JSON in `train_state.json`
+    rather than registered with Accelerate, which would pickle it and load it back with
+    `weights_only=False`: a checkpoint must never be able to run code."""
+
+    FILE = "train_state.json"
 
     def __init__(self) -> None:
         self.step = 0
@@ -100,6 +105,21 @@ class TrainState:
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
         self.streams = state.get("streams")
+
+    def save(self, checkpoint: Path) -> None:
+        (checkpoint / self.FILE).write_text(json.dumps(self.state_dict()))
+
+    def load(self, checkpoint: Path) -> None:
+        path = checkpoint / self.FILE
+        legacy = checkpoint / "custom_checkpoint_0.pkl"  # how maskae before 0.2 stored it, through Accelerate
+        try:
+            if not path.is_file() and legacy.is_file():
+                self.load_state_dict(torch.load(legacy, weights_only=True))
+                return
+            self.load_state_dict(json.loads(path.read_text()))
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:  # RuntimeError: a refused pickle
+            raise CheckpointError(f"cannot read {path} ({cause(error)}); move {checkpoint.name} away to resume from "
+                                  "the checkpoint before it.") from None
 
 
 # ---------------------------------------------------------------- the loop
@@ -178,7 +198,6 @@ class Trainer:
                                   num_training_steps=args.max_steps)
         self.model, self.optimizer, self.scheduler = accelerator.prepare(model, optimizer, scheduler)
         accelerator.register_save_state_pre_hook(checkpoints.drop_tied_copies)
-        accelerator.register_for_checkpointing(self.state)
         init_trackers(accelerator, self.recipe)
 
     def initial_model(self) -> MaskAEForMaskedLM:
@@ -200,10 +219,16 @@ class Trainer:
             return
         self.prepare_to_load(checkpoint)
         try:
-            self.accelerator.load_state(str(checkpoint))
+            # Optimizer, scheduler and RNG states are torch.save files: load tensors and plain containers only,
+            # explicitly, whatever torch's default (it unpickled anything before torch 2.6). Accelerate skips
+            # RNG states it cannot read with an info line, which would resume with other dropout masks: read
+            # them first, so that a bad file is an error.
+            load_tensors(checkpoint / f"random_states_{self.accelerator.process_index}.pkl")
+            self.accelerator.load_state(str(checkpoint), load_kwargs={"weights_only": True})
         except Exception as error:  # safetensors, torch.load and pickle each raise their own types
             raise CheckpointError(f"cannot load {checkpoint} ({cause(error)}); move it away to resume from the one "
                                   "before it, or rerun without --resume into a new --output-dir.") from None
+        self.state.load(checkpoint)
         if self.recipe.data.streaming:
             self._restore_stream_position(checkpoint)
         self.restore_from_checkpoint(checkpoint)
@@ -443,7 +468,7 @@ class Trainer:
     # ---- saving
 
     def save_checkpoint(self) -> Path:
-        """Accelerate's full state (model as safetensors, optimizer, scheduler, RNG, collator, step),
+        """Accelerate's full state (model as safetensors, optimizer, scheduler, RNG) and the step as JSON,
         written to a .tmp directory, marked complete and renamed: never half-visible."""
         accelerator, step = self.accelerator, self.state.step
         final = self.output_dir / f"checkpoint-{step}"
@@ -457,6 +482,7 @@ class Trainer:
             accelerator.save_state(str(partial), safe_serialization=True)
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
+                self.state.save(partial)
                 self.recipe.save(partial / "recipe.yaml")
                 self.add_to_checkpoint(partial)
                 checkpoints.mark_complete(partial, step)
