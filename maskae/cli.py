@@ -3,6 +3,8 @@
 User errors (`MaskAEError`) print one readable line and exit with status 2; `--debug` shows the
 traceback instead. So does an `OSError` that nothing below turned into a `MaskAEError` (a permission,
 a full disk, a path of the wrong kind): it is about the user's disk, not a bug, and names its path.
+`train`, `adapt` and `embed` stop at a safe point on SIGTERM / SIGINT, say how to resume in one line and
+exit with 143 / 130 (`utils.preemption`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ import sys
 
 from . import commands
 from .errors import MaskAEError
+from .utils.preemption import Preempted, graceful_stop
+
+# Commands whose long loops stop at a safe point on SIGTERM / SIGINT (exit 143 / 130) and resume exactly.
+STOPPABLE = ("train", "adapt", "embed")
 from .utils.console import quiet_library_bars
 
 
@@ -40,7 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     quiet_library_bars()  # in a captured log, their redraws would be fragments glued to the next line
     try:
-        result = args.func(args)
+        if args.command in STOPPABLE:
+            with graceful_stop(args.command):
+                result = args.func(args)
+        else:
+            result = args.func(args)
+    except Preempted as stop:
+        print(f"maskae {args.command}: {stop}", file=sys.stderr)
+        return stop.exit_code
     except MaskAEError as error:
         if args.debug:
             raise

@@ -20,8 +20,12 @@ kept), and at the end the model (save_pretrained), its tokenizer, recipe.yaml an
 Multi-process: accelerate launch --config_file recipes/accelerate/ddp.yaml -m maskae train RECIPE.yaml (GPUs);
 ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 -m maskae train RECIPE.yaml (CPUs)
 
-Security: --resume loads optimizer, scheduler and RNG states with torch.load (pickle), as Accelerate
-does; only resume from checkpoints that your own runs wrote.
+Preemption: SIGTERM (a cluster's or cloud's stop) or Ctrl-C finishes the current step, writes a
+checkpoint and exits with 143 (SIGTERM) or 130 (SIGINT); --resume then continues bit-exactly. A second
+signal exits at once (the last complete checkpoint stays whole).
+
+Security: --resume loads optimizer, scheduler and RNG states with torch.load(weights_only=True) and the
+step counter from JSON: a checkpoint cannot run code, whatever torch version.
 """
 
 

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 
 from ..errors import DataError, StorageError
 from ..utils.integrity import damage, file_record
+from ..utils.preemption import Preempted, stop_requested
 from ..utils.run_lock import RunLock
 
 MANIFEST = "manifest.json"
@@ -126,11 +128,17 @@ def write_embeddings(
         if before_start is not None:
             before_start()
         done = writer.start()
+        seen = 0
         with tqdm(unit="text", desc="embedding", disable=not progress) as bar:
             for index, chunk in enumerate(chunks):
                 if index >= done:
                     writer.write(index, embed(chunk))
                 bar.update(len(chunk))
+                seen += len(chunk)
+                signum = stop_requested()
+                if signum is not None:  # the chunk is written: stop here, --resume starts at the next one
+                    raise Preempted(signum, f"stopped by {signal.Signals(signum).name} after chunk {index + 1} "
+                                    f"({seen} texts), which is written; continue with the same command and --resume")
         return writer.finish()
 
 

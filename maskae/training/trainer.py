@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Iterator
@@ -50,6 +51,7 @@ from ..errors import (
     cause,
 )
 from ..metrics.masked_lm import masked_lm_metrics, pseudo_perplexity
+from ..utils.preemption import Preempted, stop_requested
 from ..modeling_maskae import IGNORE_INDEX, MaskAEForMaskedLM
 from ..utils.console import Progress, write
 from . import checkpoints
@@ -408,6 +410,9 @@ class Trainer:
                     self._log("log.jsonl", record)
                     window_tokens, window_start, window_wait = 0, time.perf_counter(), 0.0
                 self.on_step_end()
+                signum = self._stop_requested()
+                if signum is not None:
+                    self._stop_for(signum)
         del batches  # stops the DataLoader workers before evaluation and saving
         wall_time = time.perf_counter() - started
         results = self.evaluate()
@@ -417,6 +422,23 @@ class Trainer:
         self.save_final(results)
         accelerator.end_training()
         return results
+
+    def _stop_requested(self) -> int | None:
+        """The signal that asked this run to stop (`utils.preemption`), agreed by every process so that all
+        stop after the same step."""
+        signum = stop_requested()
+        if self.accelerator.num_processes == 1:
+            return signum
+        flag = torch.tensor([signum or 0], device=self.accelerator.device)
+        return int(self.accelerator.reduce(flag, reduction="max").item()) or None
+
+    def _stop_for(self, signum: int) -> None:
+        """Checkpoint the step just finished (unless on_step_end did) and stop with a line on how to resume."""
+        step = self.state.step
+        if step % self.args.save_steps != 0:
+            self.save_checkpoint()
+        raise Preempted(signum, f"stopped by {signal.Signals(signum).name} after step {step} of {self.args.max_steps}; "
+                        f"checkpoint-{step} is written; continue with the same command and --resume")
 
     def on_train_start(self) -> None:
         """Work before the first step of this process's run (none here; distillation scores its start)."""
