@@ -23,6 +23,7 @@ import onnx
 import pytest
 from conftest import RECIPES, SHRINK, tiny_stock, tiny_tokenizer
 from onnx import TensorProto, helper
+from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, BertTokenizerFast
 
 from maskae import MaskAEForMaskedLM
@@ -107,6 +108,14 @@ def ws(tmp_path_factory) -> Path:
     (root / "export").mkdir()
     (root / "export" / "config.json").write_text("{}")
     (root / "export" / "pytorch_model.bin").write_bytes(b"pickle")
+    encoder = root / "sentence-encoder"  # a stock encoder without a masked-LM head (as all-MiniLM-L6-v2 ships)
+    tiny_stock("bert").bert.save_pretrained(encoder)
+    tiny_tokenizer(encoder)
+    renamed = root / "renamed-weights"  # weights saved under names the architecture does not have
+    shutil.copytree(model, renamed)
+    tensors = load_file(renamed / "model.safetensors")
+    save_file({key.replace("bert.encoder.", "bert.body."): value for key, value in tensors.items()},
+              renamed / "model.safetensors", metadata={"format": "pt"})
     export_graphs(str(model), root / "graphs", ("onnx", "openvino"), layer=1)  # what maskae export --onnx writes
     shutil.copytree(root / "graphs", root / "graphs-corrupt")
     (root / "graphs-corrupt" / "model.onnx").write_bytes(b"\x08\x07 not a protobuf")
@@ -272,6 +281,27 @@ TABLE = [
                                                           "--quantize", "int8"], "pass --onnx or --openvino"),
     Case("export: --onnx with --stock", lambda ws: ["export", str(ws / "maskae"), "--out", str(ws / "g"), "--onnx",
                                                    "--stock"], "not a --stock"),
+    # ---- what transformers would quietly fill in: weights under other names, no head, no vocabulary
+    *[Case(f"{name}: weights under other names", (lambda argv: lambda ws: argv(ws, "renamed-weights"))(argv),
+           "has no trained weights for encoder.layer") for name, argv in (
+        ("embed", lambda ws, m: ["embed", str(ws / m), "--input", str(ws / "corpus.txt"), "--output", str(ws / "v.npy")]),
+        ("evaluate", lambda ws, m: ["evaluate", str(ws / m), "--task", "sts", "--data", str(ws / "sts.tsv")]),
+        ("whiten", lambda ws, m: ["whiten", str(ws / m), "--corpus", str(ws / "corpus.txt")]),
+        ("export", lambda ws, m: ["export", str(ws / m), "--out", str(ws / "g"), "--onnx"]),
+        ("adapt", lambda ws, m: ["adapt", str(ws / m), "--corpus", str(ws / "corpus.txt"), "--out", str(ws / "a"),
+                                 "--layer", "1", "--steps", "1"]),
+    )],
+    *[Case(f"{name}: a model without its vocabulary", (lambda argv: lambda ws: argv(ws, "no-vocabulary"))(argv),
+           "vocabulary files") for name, argv in (
+        ("evaluate", lambda ws, m: ["evaluate", str(ws / m), "--task", "sts", "--data", str(ws / "sts.tsv")]),
+        ("whiten", lambda ws, m: ["whiten", str(ws / m), "--corpus", str(ws / "corpus.txt")]),
+        ("export", lambda ws, m: ["export", str(ws / m), "--out", str(ws / "g"), "--sentence-transformers"]),
+        ("adapt", lambda ws, m: ["adapt", str(ws / m), "--corpus", str(ws / "corpus.txt"), "--out", str(ws / "a"),
+                                 "--layer", "1", "--steps", "1"]),
+    )],
+    Case("evaluate: masked-LM figures of a sentence encoder", lambda ws: [
+        "evaluate", str(ws / "sentence-encoder"), "--task", "mlm", "--data", str(ws / "corpus.txt")],
+        "has no trained weights for cls.predictions"),
     # ---- push (no network: HF_HUB_OFFLINE=1)
     Case("push: directory missing", lambda ws: ["push", str(ws / "nope"), "--repo-id", "me/model"], "has no config.json"),
     Case("push: pickle weights", lambda ws: ["push", str(ws / "export"), "--repo-id", "me/model"], "pickle"),

@@ -108,9 +108,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from safetensors import SafetensorError
-
     from ..export.hub import save_for_hub
+    from ..loading import load_checked
     from ..modeling_maskae import MaskAEForMaskedLM, MaskAEForReplacedTokenDetection
 
     graphs = [name for name in ("onnx", "openvino") if getattr(args, name)]
@@ -140,10 +139,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"{args.model} was trained with objective rtd, whose replaced-token head has no stock or "
                               "fill-mask equivalent; share its encoder with --encoder-only.")
         model_class = MaskAEForReplacedTokenDetection
-    try:
-        model = model_class.from_pretrained(args.model)
-    except (OSError, ValueError, SafetensorError) as error:
-        raise CheckpointError(f"cannot load a MaskAE model from {args.model} ({error}); pass a maskae model directory.") from None
+    model = load_checked(model_class, args.model, what="a MaskAE model", fix="pass a maskae model directory.")
     tokenizer = _tokenizer(args)
     recipe = _yaml_file(args.recipe or args.model / "recipe.yaml", required=args.recipe is not None)
     data = _data_section(recipe)

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
 from torch.nn import functional as F
 from transformers import (
     AutoModel,
@@ -27,12 +26,13 @@ from transformers.utils import cached_file
 from ..auto_registration import register_auto_classes
 from ..backbones import BACKBONES, get_backbone
 from ..configuration_maskae import num_layers
-from ..errors import CheckpointError, ConfigError, DataError, TokenizerError
+from ..errors import ConfigError, DataError, TokenizerError
+from ..loading import load_checked
 from ..modeling_maskae import MaskAEModel, MaskAEPreTrainedModel, pool
 from ..utils.host import has_bf16_unit
+from .choices import BACKENDS, DTYPES, GRAPH_BACKENDS, LAYER_COMBINES, POOLINGS
 from .graphs import GraphEmbedder, is_graph_export
 from .inputs import check_texts, in_length_order, load_tokenizer, pad_batch
-from .choices import BACKENDS, DTYPES, GRAPH_BACKENDS, LAYER_COMBINES, POOLINGS
 from .whitening import Whitening, whitening_from_vectors
 
 register_auto_classes()  # maskae checkpoints load through the Auto classes and save with their auto_map
@@ -137,13 +137,9 @@ class Embedder:
         if backend in GRAPH_BACKENDS:
             raise ConfigError(f"{name_or_path} holds no {backend} graph; export one first with maskae export "
                               f"{name_or_path} --out DIR --{backend} [--layer K], then embed DIR.")
-        try:
-            model = AutoModel.from_pretrained(str(name_or_path))
-        except (OSError, ValueError, SafetensorError) as error:  # a truncated weights file: SafetensorError
-            raise CheckpointError(
-                f"cannot load a model from {str(name_or_path)!r} ({error}); pass a directory with config.json and "
-                "weights, or a Hub model id."
-            ) from None
+        # A stock checkpoint saved from a task model has no pooler, which embedding never runs.
+        model = load_checked(AutoModel, name_or_path, fresh=("pooler.",), what="a model",
+                             fix="pass a directory with config.json and matching weights, or a Hub model id.")
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         return cls.from_model(model.to(device), tokenizer, dtype=dtype)

@@ -43,6 +43,7 @@ from ..auto_registration import register_auto_classes
 from ..configuration_maskae import num_layers, with_num_layers
 from ..errors import CheckpointError, ConfigError, DataError, TokenizerError
 from ..export.stock import export_stock
+from ..loading import load_checked
 from ..metrics import shared_metric
 from ..modeling_maskae import MaskAEForMaskedLM
 from ..training.optimization import build_optimizer
@@ -129,7 +130,7 @@ def prepare_encoder(model: str | Path, workdir: str | Path, layer: int | None = 
             raise ConfigError(f"{str(model)!r} was trained with objective={config.objective!r}, whose decoder has no "
                               "stock equivalent to fine-tune; drop --whole-stack to fine-tune its encoder.")
         loader = MaskAEForMaskedLM if whole_stack else AutoModel
-        export_stock(loader.from_pretrained(str(model)), workdir, part="full" if whole_stack else "encoder")
+        export_stock(load_checked(loader, model, what="a maskae model"), workdir, part="full" if whole_stack else "encoder")
         checkpoint = str(workdir)
         config = AutoConfig.from_pretrained(checkpoint)
     depth = num_layers(config)
@@ -157,7 +158,8 @@ def build_classifier(
     if random_init:
         return AutoModelForSequenceClassification.from_config(config)
     with _expected_load_report():
-        return AutoModelForSequenceClassification.from_pretrained(encoder.checkpoint, config=config)
+        return load_checked(AutoModelForSequenceClassification, encoder.checkpoint, new_head=True,
+                            what="an encoder to fine-tune", config=config)
 
 
 @contextlib.contextmanager

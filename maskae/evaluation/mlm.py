@@ -18,6 +18,7 @@ from ..data.collator import DataCollatorForDenoising
 from ..data.corpus import load_corpus, tokenize_and_pack
 from ..data.noise_config import NoiseConfig
 from ..errors import CheckpointError, TokenizerError
+from ..loading import load_checked
 from ..metrics.masked_lm import masked_lm_metrics, pseudo_perplexity
 from .results import MlmResult
 
@@ -48,9 +49,13 @@ def evaluate_mlm(
     try:
         # An RTD model scores its generator (masked figures) and its detector (replaced_accuracy).
         rtd = getattr(AutoConfig.from_pretrained(str(model)), "objective", "mlm") == "rtd"
-        lm = (AutoModelForPreTraining if rtd else AutoModelForMaskedLM).from_pretrained(str(model))
     except (OSError, ValueError) as error:
         raise CheckpointError(f"cannot load a masked-LM model from {str(model)!r} ({error}); pass a model directory.") from None
+    # A sentence encoder (all-MiniLM-L6-v2, say) ships no masked-LM head: scoring a random one would report
+    # a perplexity of noise, so its absence is an error.
+    lm = load_checked(AutoModelForPreTraining if rtd else AutoModelForMaskedLM, model, what="a masked-LM model",
+                      fix="this task needs a trained masked-LM head (a maskae run, or a *ForMaskedLM checkpoint); "
+                      "evaluate a sentence encoder with --task sts or probe.")
     config = lm.config
     sentence = getattr(config, "bottleneck", None) == "sentence"
     noise = NoiseConfig(decoder_mask_prob=config.decoder_mask_prob) if sentence else NoiseConfig()
