@@ -22,6 +22,11 @@ def check_texts(texts: Sequence[str] | str) -> list[str]:
     for index, text in enumerate(texts):
         if not isinstance(text, str):
             raise DataError(f"text {index} is a {type(text).__name__}, not a string; pass a list of strings.")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:  # a lone surrogate: tokenizers would fail with a TypeError
+            raise DataError(f"text {index} holds {text[error.start]!r} at {error.start}, half of a surrogate pair "
+                            "(not valid Unicode); decode the input with errors='replace' or remove it.") from None
     return texts
 
 

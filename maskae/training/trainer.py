@@ -225,7 +225,11 @@ class Trainer:
             # explicitly, whatever torch's default (it unpickled anything before torch 2.6). Accelerate skips
             # RNG states it cannot read with an info line, which would resume with other dropout masks: read
             # them first, so that a bad file is an error.
-            load_tensors(checkpoint / f"random_states_{self.accelerator.process_index}.pkl")
+            # (A process with no file of its own is an elastic resume on more processes than wrote the
+            # checkpoint: it keeps its seeded state, as documented.)
+            rng_states = checkpoint / f"random_states_{self.accelerator.process_index}.pkl"
+            if rng_states.is_file():
+                load_tensors(rng_states)
             self.accelerator.load_state(str(checkpoint), load_kwargs={"weights_only": True})
         except Exception as error:  # safetensors, torch.load and pickle each raise their own types
             raise CheckpointError(f"cannot load {checkpoint} ({cause(error)}); move it away to resume from the one "
