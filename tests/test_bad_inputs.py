@@ -433,3 +433,38 @@ def test_crlf_bom_recipe_and_corpus_train(ws: Path, tmp_path):
     assert main(argv) == 0
     assert checkpoints.latest_checkpoint(tmp_path / "run").name == "checkpoint-2"
     assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+STOCK_COMMANDS = {  # command -> argv for a stock encoder directory M (not a maskae run); None: must work
+    "embed": (lambda ws, m: ["embed", m, "--input", str(ws / "corpus.txt"), "--output", str(ws / "stock.npy")], None),
+    "evaluate": (lambda ws, m: ["evaluate", m, "--task", "sts", "--data", str(ws / "sts.tsv")], None),
+    # the tiny tokenizer knows none of the corpus's English: every token is [UNK], so nothing can be scored
+    "evaluate mlm": (lambda ws, m: ["evaluate", m, "--task", "mlm", "--data", str(ws / "corpus.txt")],
+                     "no masked position to score"),
+    "whiten": (lambda ws, m: ["whiten", m, "--corpus", str(ws / "corpus.txt"), "--dim", "4"], None),
+    "plot": (lambda ws, m: ["plot", m, "--data", str(ws / "labels.tsv"), "--output", str(ws / "stock.png")], None),
+    "adapt": (lambda ws, m: ["adapt", m, "--corpus", str(ws / "corpus.txt"), "--out", str(ws / "stock-run"),
+                             "--layer", "1", "--steps", "2"], None),
+    "export": (lambda ws, m: ["export", m, "--out", str(ws / "stock-hub")], "not a maskae run"),
+    "export --sentence-transformers": (lambda ws, m: ["export", m, "--out", str(ws / "stock-st"),
+                                                      "--sentence-transformers", "--layer", "2"], None),
+    "export --onnx": (lambda ws, m: ["export", m, "--out", str(ws / "stock-onnx"), "--onnx", "--layer", "2"], None),
+    "push": (lambda ws, m: ["push", m, "--repo-id", "me/model"], "no Hugging Face token found"),
+}
+
+
+@pytest.mark.parametrize("command", STOCK_COMMANDS)
+def test_a_stock_checkpoint_works_or_is_refused_in_one_line(command, ws, tmp_path, capsys):
+    """Every command given a stock checkpoint (a BertForMaskedLM directory, not a maskae run) either works or
+    names the problem and the fix in one line; none ends in a traceback."""
+    model = tmp_path / "stock"
+    shutil.copytree(ws / "model", model)  # whiten writes into the model directory
+    argv, refusal = STOCK_COMMANDS[command]
+    code = main(["--quiet", *argv(ws, str(model))])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    if refusal is None:
+        assert code == 0, err
+    else:
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2 and lines[-1].startswith(f"maskae {command.split()[0]}: error: ") and refusal in lines[-1], err

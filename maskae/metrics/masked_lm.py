@@ -14,8 +14,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..errors import DataError
 from ..modeling_maskae import IGNORE_INDEX
 from . import load_metric
+
 
 def target_logits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, labels) at the target positions only, whether or not the model predicted sparsely."""
@@ -38,6 +40,7 @@ def masked_lm_metrics(model: nn.Module, batches: Iterable[dict[str, torch.Tensor
     was_training = model.training
     model.eval()
     metric, detection, device = load_metric("masked_accuracy"), None, _device_of(model)
+    targets = 0
     # A model that samples (the RTD generator) draws the same samples at every evaluation, from a fixed
     # seed, and leaves the training run's random state as it was.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -46,8 +49,11 @@ def masked_lm_metrics(model: nn.Module, batches: Iterable[dict[str, torch.Tensor
             batch = {key: value.to(device) for key, value in batch.items()}
             output = model(**batch)
             logits, labels = target_logits(output.logits, batch["labels"])
-            losses = F.cross_entropy(logits.float(), labels, reduction="none")
-            metric.add_batch(predictions=logits.argmax(-1).tolist(), references=labels.tolist(), losses=losses.tolist())
+            if labels.numel():  # a short batch can draw no target; evaluate cannot add an empty batch
+                losses = F.cross_entropy(logits.float(), labels, reduction="none")
+                metric.add_batch(predictions=logits.argmax(-1).tolist(), references=labels.tolist(),
+                                 losses=losses.tolist())
+                targets += labels.numel()
             if getattr(output, "replaced_labels", None) is not None:
                 detection = detection or load_metric("masked_accuracy")
                 real = batch["attention_mask"].bool()
@@ -56,6 +62,10 @@ def masked_lm_metrics(model: nn.Module, batches: Iterable[dict[str, torch.Tensor
                 detection.add_batch(predictions=(logits > 0).long().tolist(), references=labels.long().tolist(),
                                     losses=losses.tolist())
     model.train(was_training)
+    if not targets:
+        raise DataError("the evaluation text drew no masked position to score: it is too short, or every token is "
+                        "special ([UNK] included: text the tokenizer does not know); pass more text in the model's "
+                        "vocabulary.")
     result = metric.compute()
     results = {"masked_accuracy": result["accuracy"], "masked_loss": result["loss"], "perplexity": result["perplexity"]}
     if detection is not None:
@@ -93,5 +103,9 @@ def pseudo_perplexity(
         losses = F.cross_entropy(logits.float(), targets, reduction="none")
         metric.add_batch(predictions=logits.argmax(-1).tolist(), references=targets.tolist(), losses=losses.tolist())
     model.train(was_training)
+    if not targets:
+        raise DataError("the evaluation text drew no masked position to score: it is too short, or every token is "
+                        "special ([UNK] included: text the tokenizer does not know); pass more text in the model's "
+                        "vocabulary.")
     result = metric.compute()
     return {"pseudo_perplexity": result["perplexity"], "pseudo_accuracy": result["accuracy"]}
