@@ -105,3 +105,53 @@ def test_the_readme_cpu_launch_command_starts_two_processes(tmp_path, small_toke
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((tmp_path / "run" / "eval_results.json").read_text())["num_processes"] == 2
+
+
+@pytest.mark.usefixtures("fresh_accelerator_state")
+def test_sigterm_to_two_processes_stops_both_after_one_step_and_resumes(tmp_path, small_tokenizer):
+    """SIGTERM to `accelerate launch` (as SLURM or Kubernetes send it) reaches both ranks; they agree on one
+    step, write one checkpoint of it, exit 143; `--resume` under two processes ends at the uninterrupted
+    run's weights."""
+    import signal
+    import time
+
+    from maskae.training import checkpoints
+
+    recipe = load_recipe(RECIPES / "tiny-wikitext2.yaml",
+                         [*SHRINK, f"tokenizer.path={small_tokenizer}", "training.max_steps=60",
+                          "training.save_steps=50", "training.pseudo_perplexity_blocks=0"])
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe.save(recipe_file)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "ACCELERATE_USE_CPU": "true"}
+
+    def launch(output_dir, *extra: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+             str(free_port()), "-m", "maskae", "train", str(recipe_file), "--output-dir", str(output_dir), *extra],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    reference = launch(tmp_path / "reference")
+    stopped_dir = tmp_path / "stopped"
+    stopped = launch(stopped_dir)
+    log = stopped_dir / "log.jsonl"
+    deadline = time.monotonic() + 240
+    while (not log.is_file() or len(log.read_text().splitlines()) < 3) and time.monotonic() < deadline:
+        assert stopped.poll() is None, stopped.stderr.read()[-3000:]
+        time.sleep(0.05)
+    stopped.send_signal(signal.SIGTERM)
+    err = stopped.communicate(timeout=240)[1]
+    assert reference.wait(timeout=300) == 0
+    lines = [line for line in err.splitlines() if line.startswith("maskae train: stopped by SIGTERM after step ")]
+    assert lines, err[-3000:]
+    steps = {int(line.split("after step ")[1].split()[0]) for line in lines}
+    assert len(steps) == 1, lines  # every rank that said so stopped after the same step
+    step = steps.pop()
+    assert checkpoints.latest_checkpoint(stopped_dir) == stopped_dir / f"checkpoint-{step}" and step < 60
+
+    resumed = launch(stopped_dir, "--resume")
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()[-3000:]
+    assert max_abs_diff(weights(tmp_path / "reference"), weights(stopped_dir)) < 1e-6
+    assert [r["loss"] for r in read_log(stopped_dir / "log.jsonl")] == pytest.approx(
+        [r["loss"] for r in read_log(tmp_path / "reference" / "log.jsonl")], abs=1e-6)
