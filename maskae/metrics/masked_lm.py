@@ -40,7 +40,7 @@ def masked_lm_metrics(model: nn.Module, batches: Iterable[dict[str, torch.Tensor
     was_training = model.training
     model.eval()
     metric, detection, device = load_metric("masked_accuracy"), None, _device_of(model)
-    targets = 0
+    scored = 0
     # A model that samples (the RTD generator) draws the same samples at every evaluation, from a fixed
     # seed, and leaves the training run's random state as it was.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -53,7 +53,7 @@ def masked_lm_metrics(model: nn.Module, batches: Iterable[dict[str, torch.Tensor
                 losses = F.cross_entropy(logits.float(), labels, reduction="none")
                 metric.add_batch(predictions=logits.argmax(-1).tolist(), references=labels.tolist(),
                                  losses=losses.tolist())
-                targets += labels.numel()
+                scored += labels.numel()
             if getattr(output, "replaced_labels", None) is not None:
                 detection = detection or load_metric("masked_accuracy")
                 real = batch["attention_mask"].bool()
@@ -62,7 +62,7 @@ def masked_lm_metrics(model: nn.Module, batches: Iterable[dict[str, torch.Tensor
                 detection.add_batch(predictions=(logits > 0).long().tolist(), references=labels.long().tolist(),
                                     losses=losses.tolist())
     model.train(was_training)
-    if not targets:
+    if not scored:
         raise DataError("the evaluation text drew no masked position to score: it is too short, or every token is "
                         "special ([UNK] included: text the tokenizer does not know); pass more text in the model's "
                         "vocabulary.")
@@ -103,9 +103,5 @@ def pseudo_perplexity(
         losses = F.cross_entropy(logits.float(), targets, reduction="none")
         metric.add_batch(predictions=logits.argmax(-1).tolist(), references=targets.tolist(), losses=losses.tolist())
     model.train(was_training)
-    if not targets:
-        raise DataError("the evaluation text drew no masked position to score: it is too short, or every token is "
-                        "special ([UNK] included: text the tokenizer does not know); pass more text in the model's "
-                        "vocabulary.")
     result = metric.compute()
     return {"pseudo_perplexity": result["perplexity"], "pseudo_accuracy": result["accuracy"]}
