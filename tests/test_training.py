@@ -197,3 +197,29 @@ def test_backbone_recipes_train_on_a_shrunken_configuration(tmp_path, request, n
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in read_log(tmp_path / "log.jsonl"))
     assert 0 <= results["masked_accuracy"] <= 1 and results["pseudo_perplexity"] > 1
     assert AutoTokenizer.from_pretrained(tmp_path).vocab_size == AutoTokenizer.from_pretrained(backbone).vocab_size
+
+
+@pytest.mark.usefixtures("fresh_accelerator_state")
+def test_bf16_on_a_cpu_follows_fp32_where_it_has_a_bf16_unit_and_is_fp32_elsewhere(tmp_path, small_tokenizer,
+                                                                                    monkeypatch, caplog):
+    from accelerate.state import AcceleratorState
+
+    settings = ("training.max_steps=12", "training.save_steps=12", "training.pseudo_perplexity_blocks=0")
+    pretraining.train(tiny_recipe(small_tokenizer, *settings), tmp_path / "fp32")
+    bf16 = tiny_recipe(small_tokenizer, *settings, "training.mixed_precision=bf16")
+
+    monkeypatch.setattr(training, "has_bf16_unit", lambda: False)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    with caplog.at_level("WARNING"):
+        pretraining.train(bf16, tmp_path / "fallback")
+    assert "no bf16 unit" in caplog.text
+    assert max_abs_diff(weights(tmp_path / "fp32"), weights(tmp_path / "fallback")) == 0
+
+    monkeypatch.setattr(training, "has_bf16_unit", lambda: True)  # autocast runs on any CPU, if slowly
+    AcceleratorState._reset_state(reset_partial_state=True)
+    pretraining.train(bf16, tmp_path / "bf16")
+    fp32_loss = [r["loss"] for r in read_log(tmp_path / "fp32" / "log.jsonl")]
+    bf16_loss = [r["loss"] for r in read_log(tmp_path / "bf16" / "log.jsonl")]
+    assert bf16_loss != fp32_loss  # bf16 really ran
+    assert bf16_loss == pytest.approx(fp32_loss, rel=0.02)  # and follows the fp32 curve
+    assert bf16_loss[-1] < bf16_loss[0]

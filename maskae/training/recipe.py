@@ -135,7 +135,9 @@ class TrainingArgs:
     )
     warmup_steps: int = option(0, "steps of linear learning-rate warm-up")
     max_grad_norm: float | None = option(1.0, "clip the gradient norm to this value; empty disables clipping")
-    mixed_precision: str = option("no", "autocast precision passed to Accelerate", choices=("no", "bf16", "fp16"))
+    mixed_precision: str = option("no", "autocast precision passed to Accelerate; bf16 on a CPU runs only where it "
+                                  "has a bf16 unit (AMX, AVX-512 BF16, ARM BF16), else fp32 with a warning",
+                                  choices=("no", "bf16", "fp16"))
     sparse_prediction: bool = option(True, "project to the vocabulary only at corrupted positions (faster)")
     fused_loss: bool = option(
         True, "with sparse prediction, fuse the vocabulary projection and the loss, chunk by chunk (faster, leaner)"
