@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_stock, tiny_tokenizer
+from conftest import FAMILIES, tiny_stock, tiny_tokenizer
 
 import maskae
 from maskae import MaskAEForMaskedLM
@@ -300,3 +300,15 @@ def test_static_token_graph_keeps_the_mask_input(tiny_run, tmp_path):
     out = save_sentence_transformer(tiny_run, tmp_path / "st", layer=0, backends=("openvino",))
     model = ov.Core().read_model(str(out / "openvino" / "openvino_model.xml"))
     assert sorted(port.get_any_name() for port in model.inputs) == ["attention_mask", "input_ids"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_traces_exactly(family, tmp_path):
+    """BERT, RoBERTa, DistilBERT and ModernBERT (rotary embeddings, sliding-window masks) at a middle layer."""
+    model = tmp_path / family
+    tiny_stock(family).save_pretrained(model)
+    tiny_tokenizer(model)
+    out = export_graphs(str(model), tmp_path / "graphs", ("onnx", "openvino"), layer=2)
+    expected = maskae.embed(str(model), TINY_TEXTS, layer=2)
+    for backend in ("onnx", "openvino"):
+        np.testing.assert_allclose(maskae.embed(out, TINY_TEXTS, backend=backend), expected, atol=1e-5, rtol=0)
