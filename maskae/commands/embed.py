@@ -17,10 +17,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Embed every text of INPUT with MODEL and write one vector per text, in input order. Layer k runs "
             "only the first k layers. The corpus is processed in chunks written to OUTPUT.parts/, so inputs "
-            "larger than memory work and an interrupted run continues with --resume."
+            "larger than memory work and an interrupted run continues with --resume; SIGTERM or Ctrl-C stops "
+            "after the current chunk (exit 143 / 130). MODEL may also be a directory of ONNX / OpenVINO graphs "
+            "from maskae export --onnx/--openvino, run on those runtimes."
         ),
-        epilog="example: maskae embed sentence-transformers/all-MiniLM-L6-v2 --input corpus.txt --layer 3 "
-        "--output vectors.npy",
+        epilog="examples: maskae embed sentence-transformers/all-MiniLM-L6-v2 --input corpus.txt --layer 3 "
+        "--output vectors.npy; maskae embed graphs/minilm-l3 --input corpus.txt --output vectors.npy --backend openvino",
     )
     parser.add_argument("model", metavar="MODEL", help="checkpoint directory or Hub id (MaskAE or stock encoder), or "
                         "a directory of graphs that maskae export --onnx/--openvino wrote")

@@ -39,10 +39,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "model card (README.md). By default the model keeps maskae's format and ships its code, so that "
             "transformers loads it with trust_remote_code=True and no maskae installed; --stock and "
             "--encoder-only write plain transformers models that need no remote code. DIR/recipe.yaml and "
-            "DIR/eval_results.json, when present, fill the card's training and evaluation sections."
+            "DIR/eval_results.json, when present, fill the card's training and evaluation sections. --onnx and "
+            "--openvino write the layer-K sentence encoder as ONNX Runtime / OpenVINO graphs (fp32, or int8 with "
+            "--quantize) that maskae embed runs; with --sentence-transformers they go into its onnx/ and openvino/ "
+            "folders."
         ),
-        epilog="example: maskae export runs/tiny --out hub/tiny --dataset Salesforce/wikitext && "
-        "maskae push hub/tiny --repo-id my-org/maskae-tiny",
+        epilog="examples: maskae export runs/tiny --out hub/tiny --dataset Salesforce/wikitext && "
+        "maskae push hub/tiny --repo-id my-org/maskae-tiny; maskae export sentence-transformers/all-MiniLM-L6-v2 "
+        "--out graphs/minilm-l3 --openvino --layer 3 --quantize int8 --calibrate corpus.txt",
     )
     parser.add_argument("model", metavar="DIR", type=Path,
                         help="trained MaskAE directory (save_pretrained output); with --sentence-transformers also "
