@@ -233,6 +233,8 @@ TABLE = [
     Case("embed: a corrupt .onnx file", lambda ws: ["embed", str(ws / "graphs-corrupt"), "--input",
                                                    str(ws / "corpus.txt"), "--output", str(ws / "v.npy"), "--backend",
                                                    "onnx"], "not a loadable ONNX graph", keep=("graphs-corrupt",)),
+    Case("evaluate: exported graphs", lambda ws: ["evaluate", str(ws / "graphs"), "--task", "sts", "--data",
+                                                 str(ws / "sts.tsv")], "holds exported graphs"),
     Case("embed: a foreign .onnx file", lambda ws: ["embed", str(ws / "graphs-foreign"), "--input",
                                                    str(ws / "corpus.txt"), "--output", str(ws / "v.npy"), "--backend",
                                                    "onnx"], "not a maskae sentence graph", keep=("graphs-foreign",)),

@@ -8,12 +8,22 @@ from pathlib import Path
 import numpy as np
 
 from ..embeddings.embedder import Embedder
+from ..embeddings.graphs import is_graph_export, read_graph_config
 from ..embeddings.whitening import Whitening
+from ..errors import ConfigError
 
 
 def load_embedder(model: str | Path | Embedder) -> Embedder:
-    """Load a checkpoint once: sweeps and baselines embed the same texts at several layers."""
-    return model if isinstance(model, Embedder) else Embedder.from_pretrained(model)
+    """Load a checkpoint once: sweeps and baselines embed the same texts at several layers. An exported graph
+    has one layer and its whitening baked in, so the raw, whitened and per-layer figures cannot all come from it."""
+    if isinstance(model, Embedder):
+        return model
+    if is_graph_export(model):
+        config = read_graph_config(model)
+        raise ConfigError(f"{model} holds exported graphs, which evaluate cannot sweep or un-whiten; pass the model "
+                          f"they were exported from ({config.get('source') or 'its directory'}) with --layer "
+                          f"{config['layer']}, or use benchmarks/bench_embed.py --backends to score the graphs.")
+    return Embedder.from_pretrained(model)
 
 
 def code_width(embedder: Embedder) -> int:
