@@ -251,6 +251,11 @@ def bench_backends(args: argparse.Namespace) -> None:
                                                "points": frontier_points(rows)}, indent=2) + "\n")
 
 
+def label_depth(label: str) -> int:
+    """The layer in a row label: "MiniLM L3" -> 3, "distilled L0 (run)" -> 0."""
+    return int(label.split(" L")[1].split()[0])
+
+
 def frontier_points(rows: list[dict]) -> list[dict]:
     """The rows `maskae plot --frontier` draws: every PyTorch row, sentence-transformers' torch and fastest rows,
     and for each model the fastest graph that keeps >= 99% of its fp32 quality."""
@@ -270,7 +275,7 @@ def frontier_points(rows: list[dict]) -> list[dict]:
             if row is not max(same, key=lambda r: r["sentences_per_s"]):
                 continue
             kind = "graph"
-        layer = None if kind == "anchor" else int(label.split(" L")[1].split()[0])
+        layer = None if kind == "anchor" else label_depth(label)
         points.append({"name": name, "kind": kind, "layer": layer, "stsb": row["stsb_spearman"],
                        "sentences_per_s": row["sentences_per_s"], "speed_ratio": row["vs_st_torch"]})
     return points
@@ -303,7 +308,7 @@ def print_backend_rows(rows: list[dict]) -> None:
         ours = [r for r in rows if r["layer"] == label and r["system"].startswith("maskae ") and r["kept_pct"] >= 99]
         best = max(ours, key=lambda r: r["sentences_per_s"])
         ratio = best["sentences_per_s"] / st_best["sentences_per_s"]
-        goal = goals.get(int(label.split(" L")[1].split()[0]))
+        goal = goals.get(label_depth(label))
         verdict = f"; goal {goal}x: {'met' if ratio >= goal else 'missed'}" if goal else ""
         print(f"{label}: fastest at >= 99% kept is {best['system']!r}, {ratio:.2f}x ST's fastest "
               f"({st_best['system']}){verdict}")

@@ -279,14 +279,12 @@ def test_int8_kernels_follow_the_isa(monkeypatch):
 
 def test_bf16_where_the_host_has_it_and_fp32_elsewhere(minilm_path, monkeypatch, caplog):
     fp32 = maskae.embed(str(minilm_path), TEXTS, layer=3)
-    import maskae.embeddings.embedder as embedder_module
-
-    monkeypatch.setattr(embedder_module, "has_bf16_unit", lambda: False)
+    monkeypatch.setattr(host, "has_bf16_unit", lambda: False)
     with caplog.at_level("WARNING"):
         fallback = maskae.embed(str(minilm_path), TEXTS, layer=3, dtype="bf16")
     assert "no bf16 unit" in caplog.text
     np.testing.assert_array_equal(fallback, fp32)
-    monkeypatch.setattr(embedder_module, "has_bf16_unit", lambda: True)  # autocast runs on any CPU, if slowly
+    monkeypatch.setattr(host, "has_bf16_unit", lambda: True)  # autocast runs on any CPU, if slowly
     bf16 = maskae.embed(str(minilm_path), TEXTS, layer=3, dtype="bf16")
     assert not np.array_equal(bf16, fp32)
     cosine = np.sum(bf16 * fp32, axis=1) / np.linalg.norm(bf16, axis=1) / np.linalg.norm(fp32, axis=1)

@@ -204,18 +204,20 @@ def test_bf16_on_a_cpu_follows_fp32_where_it_has_a_bf16_unit_and_is_fp32_elsewhe
                                                                                     monkeypatch, caplog):
     from accelerate.state import AcceleratorState
 
+    from maskae.utils import host
+
     settings = ("training.max_steps=12", "training.save_steps=12", "training.pseudo_perplexity_blocks=0")
     pretraining.train(tiny_recipe(small_tokenizer, *settings), tmp_path / "fp32")
     bf16 = tiny_recipe(small_tokenizer, *settings, "training.mixed_precision=bf16")
 
-    monkeypatch.setattr(training, "has_bf16_unit", lambda: False)
+    monkeypatch.setattr(host, "has_bf16_unit", lambda: False)
     AcceleratorState._reset_state(reset_partial_state=True)
     with caplog.at_level("WARNING"):
         pretraining.train(bf16, tmp_path / "fallback")
     assert "no bf16 unit" in caplog.text
     assert max_abs_diff(weights(tmp_path / "fp32"), weights(tmp_path / "fallback")) == 0
 
-    monkeypatch.setattr(training, "has_bf16_unit", lambda: True)  # autocast runs on any CPU, if slowly
+    monkeypatch.setattr(host, "has_bf16_unit", lambda: True)  # autocast runs on any CPU, if slowly
     AcceleratorState._reset_state(reset_partial_state=True)
     pretraining.train(bf16, tmp_path / "bf16")
     fp32_loss = [r["loss"] for r in read_log(tmp_path / "fp32" / "log.jsonl")]

@@ -29,10 +29,17 @@ from ..configuration_maskae import num_layers
 from ..errors import ConfigError, DataError, TokenizerError
 from ..loading import load_checked
 from ..modeling_maskae import MaskAEModel, MaskAEPreTrainedModel, pool
-from ..utils.host import has_bf16_unit
+from ..utils.host import bf16_unit_or_warn
 from .choices import BACKENDS, DTYPES, GRAPH_BACKENDS, LAYER_COMBINES, POOLINGS
 from .graphs import GraphEmbedder, is_graph_export
-from .inputs import check_texts, in_length_order, load_tokenizer, pad_batch
+from .inputs import (
+    check_texts,
+    in_length_order,
+    load_tokenizer,
+    pad_batch,
+    pad_id,
+    tokenize,
+)
 from .whitening import Whitening, whitening_from_vectors
 
 register_auto_classes()  # maskae checkpoints load through the Auto classes and save with their auto_map
@@ -105,12 +112,8 @@ class Embedder:
             limits.append(getattr(stock_config, "max_position_embeddings", None))
             max_length = min(limit for limit in limits if limit is not None)
         self.max_length = max_length
-        self.dtype = "fp32"
-        if dtype == "bf16":
-            if model.device.type == "cpu" and not has_bf16_unit():
-                logger.warning("this CPU has no bf16 unit (AMX, AVX-512 BF16 or ARM BF16), so embedding runs in fp32")
-            else:
-                self.dtype = "bf16"
+        bf16 = dtype == "bf16" and (model.device.type != "cpu" or bf16_unit_or_warn("embedding"))
+        self.dtype = "bf16" if bf16 else "fp32"
 
     @classmethod
     def from_pretrained(
@@ -250,17 +253,12 @@ class Embedder:
             return vectors
         return _pool(vectors, attention_mask, pooling)
 
-    def _tokenize(self, texts: list[str], max_length: int) -> list[list[int]]:
-        if self.lowercase:
-            texts = [text.lower() for text in texts]
-        encoded = self.tokenizer(
-            texts, truncation=True, max_length=max_length, return_attention_mask=False, return_token_type_ids=False
-        )
-        return encoded["input_ids"]
+    def tokenize(self, texts: list[str], max_length: int | None = None) -> list[list[int]]:
+        """Token ids as this embedder feeds them to the model (its lower-casing and truncation)."""
+        return tokenize(self.tokenizer, texts, max_length or self.max_length, self.lowercase)
 
     def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        input_ids, attention_mask = pad_batch(rows, pad_id)
+        input_ids, attention_mask = pad_batch(rows, pad_id(self.tokenizer))
         return input_ids.to(self.device), attention_mask.to(self.device)
 
     def whitening_for(self, layer: LayerSpec, pooling: str) -> Whitening | None:
@@ -309,7 +307,7 @@ class Embedder:
         layers = self.check_request(layer, pooling, layer_combine, batch_size)
         whitening = self.whitening_for(layer, pooling) if whiten else None
         texts = check_texts(texts)
-        token_ids = self._tokenize(texts, max_length or self.max_length)
+        token_ids = self.tokenize(texts, max_length)
         result = np.empty(len(texts), dtype=object) if pooling == "none" else None
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == "bf16"):
             for rows, batch in in_length_order(token_ids, batch_size, show_progress):

@@ -15,12 +15,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..errors import CheckpointError, ConfigError
 from ..utils.extras import import_extra
-from ..utils.host import has_bf16_unit
+from ..utils.host import bf16_unit_or_warn
 from .choices import DTYPES
-from .inputs import check_texts, in_length_order, load_tokenizer, pad_batch
+from .inputs import (
+    check_texts,
+    in_length_order,
+    load_tokenizer,
+    pad_batch,
+    pad_id,
+    tokenize,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +63,12 @@ class GraphEmbedder:
     `embed` accepts the same arguments as `Embedder.embed` and refuses a request the graph cannot serve.
     """
 
-    def __init__(self, directory: str | Path, backend: str, dtype: str | None = None, threads: int | None = None):
+    def __init__(self, directory: str | Path, backend: str | None = None, dtype: str | None = None,
+                 threads: int | None = None):
         directory = Path(directory)
         self.config = read_graph_config(directory)
+        if backend is None:  # OpenVINO when both are there: the faster one on Intel and AMD CPUs alike
+            backend = "openvino" if "openvino" in self.config["graphs"] else "onnx"
         if backend not in self.config["graphs"]:
             made = ", ".join(sorted(self.config["graphs"])) or "none"
             raise ConfigError(
@@ -73,17 +84,14 @@ class GraphEmbedder:
         self.normalized, self.whitened = self.config["normalize"], self.config["whitened"]
         self.max_length, self.lowercase = self.config["max_length"], self.config["lowercase"]
         self.tokenizer = load_tokenizer(directory)
-        self.threads = threads or _torch_threads()
+        self.threads = threads or torch.get_num_threads()
         self.dtype = self._choose_dtype(dtype)
         self._run = self._load_onnx() if backend == "onnx" else self._load_openvino()
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, backend: str | None = None, dtype: str | None = None) -> "GraphEmbedder":
         """Load a `maskae export --onnx/--openvino` directory; `backend` defaults to the graph it holds
-        (OpenVINO when it holds both: it is the faster one on Intel and AMD CPUs alike)."""
-        if backend is None:
-            graphs = read_graph_config(directory)["graphs"]
-            backend = "openvino" if "openvino" in graphs else "onnx"
+        (OpenVINO when it holds both)."""
         return cls(directory, backend, dtype=dtype)
 
     def _choose_dtype(self, dtype: str | None) -> str:
@@ -92,10 +100,7 @@ class GraphEmbedder:
         if self.backend == "onnx":
             raise ConfigError("ONNX Runtime's CPU kernels have no bf16 path; use --backend openvino for bf16, or an "
                               "int8 ONNX graph (--quantize int8).")
-        if not has_bf16_unit():
-            logger.warning("this CPU has no bf16 unit (AMX, AVX-512 BF16 or ARM BF16), so the graph runs in fp32")
-            return "fp32"
-        return "bf16"
+        return "bf16" if bf16_unit_or_warn("the graph") else "fp32"
 
     def _file(self) -> Path:
         path = self.directory / self.graph["file"]
@@ -172,14 +177,11 @@ class GraphEmbedder:
         """Embed `texts` as the exported graph does; `normalize` adds L2 normalisation to a graph without it."""
         self.check_request(layer, pooling, layer_combine, batch_size, whiten)
         texts = check_texts(texts)
-        if self.lowercase:
-            texts = [text.lower() for text in texts]
-        token_ids = self.tokenizer(texts, truncation=True, max_length=max_length or self.max_length,
-                                   return_attention_mask=False, return_token_type_ids=False)["input_ids"]
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        token_ids = tokenize(self.tokenizer, texts, max_length or self.max_length, self.lowercase)
+        padding = pad_id(self.tokenizer)
         result = np.empty((len(texts), self.config["dimension"]), dtype=np.float32)
         for rows, batch in in_length_order(token_ids, batch_size, show_progress):
-            input_ids, attention_mask = pad_batch(batch, pad_id)
+            input_ids, attention_mask = pad_batch(batch, padding)
             result[rows] = self._run(input_ids.numpy(), attention_mask.numpy())
         if normalize and not self.normalized:
             result /= np.maximum(np.linalg.norm(result, axis=1, keepdims=True), 1e-12)
@@ -194,12 +196,6 @@ def _check_signature(path: Path, inputs: list[str], outputs: list[str]) -> None:
             f"{', '.join(outputs) or 'nothing'}, not {' and '.join(INPUTS)} to {OUTPUT}; export the model with "
             "maskae export --onnx or --openvino."
         )
-
-
-def _torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
 
 
 def _short(error: BaseException, limit: int = 200) -> str:

@@ -30,6 +30,21 @@ def check_texts(texts: Sequence[str] | str) -> list[str]:
     return texts
 
 
+def tokenize(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int, lowercase: bool = False) -> list[list[int]]:
+    """Token ids of each text, truncated to `max_length` (lower-cased first, as a sentence-transformers
+    checkpoint with `do_lower_case` asks)."""
+    if lowercase:
+        texts = [text.lower() for text in texts]
+    encoded = tokenizer(texts, truncation=True, max_length=max_length, return_attention_mask=False,
+                        return_token_type_ids=False)
+    return encoded["input_ids"]
+
+
+def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id that pads a batch: the tokenizer's own, else 0 (masked out by the attention mask anyway)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
 def in_length_order(
     token_ids: Sequence[Sequence[int]], batch_size: int, show_progress: bool = False
 ) -> Iterator[tuple[np.ndarray, list[Sequence[int]]]]:

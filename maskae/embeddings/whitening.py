@@ -95,7 +95,9 @@ class Whitening:
 
 def _cached(source: str | Path, name: str) -> str | None:
     """A file of a model directory or Hub repo, or None where it has none."""
-    from transformers.utils import cached_file  # Hub lookups only; loading a local whitening needs none
+    from transformers.utils import (
+        cached_file,  # Hub lookups only; loading a local whitening needs none
+    )
 
     local = Path(source) / name
     if local.is_file():

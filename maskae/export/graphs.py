@@ -41,7 +41,7 @@ from ..embeddings.graphs import (
     OUTPUT,
     GraphEmbedder,
 )
-from ..embeddings.inputs import in_length_order, pad_batch
+from ..embeddings.inputs import in_length_order, pad_batch, pad_id
 from ..embeddings.whitening import Whitening
 from ..errors import DataError, ExportError
 from ..utils.extras import import_extra
@@ -205,10 +205,9 @@ def write_sentence_transformers_graphs(
             if backend == "onnx":
                 shutil.copyfile(fp32, folder / "model.onnx")
                 written.append("onnx/model.onnx")
-                if quantize:
-                    kernels = int8_kernels()
-                    name = f"model_qint8_{kernels}.onnx"
-                    quantize_onnx(fp32, folder / name, needs_reduced_range(kernels))
+                if quantize:  # sentence-transformers' name: model_qint8_<kernels>.onnx
+                    name = f"model_qint8_{int8_kernels()}.onnx"
+                    quantize_onnx(fp32, folder / name)
                     written.append(f"onnx/{name}")
             else:
                 written.append(f"openvino/{_write_openvino(fp32, folder, None, None)['file']}")
@@ -249,9 +248,8 @@ def _embedder(model_or_path: str | Path | Embedder, tokenizer) -> Embedder:
 def trace_onnx(module: nn.Module, embedder: Embedder, path: Path, outputs: list[str]) -> None:
     """`torch.onnx` (TorchScript tracing) with dynamic batch and sequence axes. The example batch has padding,
     so the traced graph keeps the attention-mask path that every later batch needs."""
-    pad_id = embedder.tokenizer.pad_token_id if embedder.tokenizer.pad_token_id is not None else 0
-    ids = embedder._tokenize(["an example sentence to trace the graph with", "short"], embedder.max_length)
-    input_ids, attention_mask = pad_batch(ids, pad_id)
+    ids = embedder.tokenize(["an example sentence to trace the graph with", "short"])
+    input_ids, attention_mask = pad_batch(ids, pad_id(embedder.tokenizer))
     axes = {name: {0: "batch", 1: "sequence"} for name in INPUTS}
     axes.update({name: {0: "batch"} if name == OUTPUT else {0: "batch", 1: "sequence"} for name in outputs})
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
@@ -265,16 +263,17 @@ def _write_onnx(fp32: Path, staging: Path, quantize: str | None) -> dict:
     if quantize is None:
         shutil.copyfile(fp32, staging / "model.onnx")
         return {"file": "model.onnx", "precision": "fp32"}
-    kernels = int8_kernels()
-    reduce_range = needs_reduced_range(kernels)
-    quantize_onnx(fp32, staging / "model_qint8.onnx", reduce_range)
-    return {"file": "model_qint8.onnx", "precision": "int8-dynamic", "kernels": kernels, "reduce_range": reduce_range}
+    return {"file": "model_qint8.onnx", "precision": "int8-dynamic",
+            **quantize_onnx(fp32, staging / "model_qint8.onnx")}
 
 
-def quantize_onnx(source: Path, target: Path, reduce_range: bool) -> None:
-    """ONNX Runtime's dynamic int8: int8 weights per output channel, activations quantized per batch."""
+def quantize_onnx(source: Path, target: Path) -> dict:
+    """ONNX Runtime's dynamic int8: int8 weights per output channel, activations quantized per batch, with
+    7-bit weights on CPUs whose int8 products would saturate. Returns the kernels and that choice."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    kernels = int8_kernels()
+    reduce_range = needs_reduced_range(kernels)
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # the quantizer advises pre-processing through the root logger on every call
@@ -283,6 +282,7 @@ def quantize_onnx(source: Path, target: Path, reduce_range: bool) -> None:
                          reduce_range=reduce_range)
     finally:
         root.setLevel(level)
+    return {"kernels": kernels, "reduce_range": reduce_range}
 
 
 def _write_openvino(fp32: Path, staging: Path, quantize: str | None, calibration: list[dict] | None,
@@ -317,10 +317,9 @@ def _quiet_nncf() -> Iterator[None]:
 def _calibration_batches(embedder: Embedder, texts: Sequence[str]) -> list[dict]:
     """Up to CALIBRATION_SIZE sentences, one per item, as NNCF feeds them to the graph."""
     texts = [text for text in texts if isinstance(text, str) and text.strip()][:CALIBRATION_SIZE]
-    pad_id = embedder.tokenizer.pad_token_id if embedder.tokenizer.pad_token_id is not None else 0
     items = []
-    for _, batch in in_length_order(embedder._tokenize(texts, embedder.max_length), 1):
-        input_ids, attention_mask = pad_batch(batch, pad_id)
+    for _, batch in in_length_order(embedder.tokenize(texts), 1):
+        input_ids, attention_mask = pad_batch(batch, pad_id(embedder.tokenizer))
         items.append({"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()})
     return items
 

@@ -26,8 +26,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..backbones import BACKBONES, get_backbone
 from ..configuration_maskae import with_num_layers
-from ..embeddings.embedder import Embedder
 from ..embeddings.choices import SENTENCE_POOLINGS
+from ..embeddings.embedder import Embedder
 from ..embeddings.whitening import CONFIG_KEY as WHITENING_KEY
 from ..embeddings.whitening import Whitening
 from ..errors import ExportError

@@ -33,7 +33,9 @@ from typing import Iterator
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import ProjectConfiguration, gather_object, set_seed
-from accelerate.utils import load as load_tensors  # torch.load, weights_only=True, numpy RNG states allowed
+from accelerate.utils import (
+    load as load_tensors,  # torch.load, weights_only=True, numpy RNG states allowed
+)
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
@@ -51,10 +53,10 @@ from ..errors import (
     cause,
 )
 from ..metrics.masked_lm import masked_lm_metrics, pseudo_perplexity
-from ..utils.host import has_bf16_unit
-from ..utils.preemption import Preempted, stop_requested
 from ..modeling_maskae import IGNORE_INDEX, MaskAEForMaskedLM
 from ..utils.console import Progress, write
+from ..utils.host import bf16_unit_or_warn
+from ..utils.preemption import Preempted, stop_requested
 from . import checkpoints
 from .builders import (
     build_model,
@@ -151,9 +153,7 @@ class Trainer:
         """The Accelerator, after the checks that need it (no overwritten run, a batch that divides)."""
         args = self.args
         precision = args.mixed_precision
-        if precision == "bf16" and PartialState().device.type == "cpu" and not has_bf16_unit():
-            logger.warning("training.mixed_precision=bf16, but this CPU has no bf16 unit (AMX, AVX-512 BF16 or ARM "
-                           "BF16), where bf16 is slower than fp32; training in fp32")
+        if precision == "bf16" and PartialState().device.type == "cpu" and not bf16_unit_or_warn("training"):
             precision = "no"
         accelerator = Accelerator(
             mixed_precision=precision,

@@ -4,12 +4,14 @@ and report them instead of assuming a host."""
 
 from __future__ import annotations
 
+import logging
 import platform
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 
+logger = logging.getLogger(__name__)
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "asimddp", "bf16")
 
 
@@ -42,6 +44,14 @@ def has_bf16_unit() -> bool:
     """A native bf16 matmul unit: AMX or AVX-512 BF16 on x86, the BF16 extension on ARM."""
     flags = cpu_flags()
     return bool(flags & {"amx_bf16", "avx512_bf16", "bf16"})
+
+
+def bf16_unit_or_warn(what: str) -> bool:
+    """Whether bf16 pays on this CPU; where it does not, one warning that `what` runs in fp32 instead."""
+    if has_bf16_unit():
+        return True
+    logger.warning("this CPU has no bf16 unit (AMX, AVX-512 BF16 or ARM BF16), so %s runs in fp32", what)
+    return False
 
 
 def int8_kernels() -> str:
