@@ -19,7 +19,7 @@ INTRO = """# Architecture
 
 maskae is one package with a folder per concern. The model as the Hub ships it stays flat at the root,
 because `trust_remote_code` only follows single-dot imports, and it imports nothing from the rest.
-Above it, each part may import only the parts below it: commands → evaluation → training and export →
+Above it, each part may import only the parts below it: commands → evaluation → training, export and search →
 embeddings and data → metrics → the model → errors, with `utils` beside all. `tests/test_architecture.py`
 walks the imports and fails on a cycle, between parts or inside one, and on this page differing from
 the code (`python scripts/architecture.py` rewrites it).

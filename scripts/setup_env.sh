@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv and install maskae with its test extras and the graph backends (ONNX Runtime, OpenVINO).
+# Create .venv and install maskae with its test extras, the graph backends (ONNX Runtime, OpenVINO) and the
+# engines its tests cover (FAISS, Ray Data, MTEB).
 # PyTorch comes first so that pip never pulls a multi-GB CUDA build onto a CPU-only machine:
 # a GPU machine gets the default (CUDA) wheel, a CPU machine the CPU wheel (from pip's local find-links folder
 # when it holds one, from PyTorch's CPU index otherwise).
@@ -18,4 +19,4 @@ elif python -m pip install --quiet --no-index --no-deps torch 2>/dev/null; then
 else
     python -m pip install --quiet torch --index-url https://download.pytorch.org/whl/cpu
 fi
-python -m pip install --quiet -e ".[dev,onnx,openvino]"
+python -m pip install --quiet -e ".[dev,onnx,openvino,search,ray,mteb]"

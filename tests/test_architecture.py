@@ -20,9 +20,11 @@ ALLOWED = {
     "data": {"model", "utils"},
     "embeddings": {"api", "model", "utils"},
     "export": {"api", "embeddings", "model", "utils"},
+    "search": {"api", "data", "embeddings", "model", "utils"},
     "training": {"api", "data", "embeddings", "metrics", "model", "utils"},
     "evaluation": {"api", "data", "embeddings", "export", "metrics", "model", "training", "utils"},
-    "commands": {"api", "data", "embeddings", "evaluation", "export", "metrics", "model", "training", "utils"},
+    "commands": {"api", "data", "embeddings", "evaluation", "export", "metrics", "model", "search", "training",
+                 "utils"},
     "cli": {"commands", "model", "utils"},
     "api": {"model"},
 }

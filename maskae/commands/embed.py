@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..embeddings.choices import BACKENDS, DTYPES, LAYER_COMBINES, POOLINGS
+from ..embeddings.choices import BACKENDS, DTYPES, ENGINES, LAYER_COMBINES, POOLINGS, PRECISIONS
 from ..errors import ConfigError, DataError
 
 
@@ -70,6 +70,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--chunk-size", type=int, default=10_000, help="texts per chunk written to disk (default: 10000)"
     )
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default="float32",
+        help="how the vectors are stored: float32, float16, int8 (one byte per coordinate on per-dimension ranges "
+        "fitted on the output) or binary (sign bits, packed); recorded beside the output (default: float32)",
+    )
+    parser.add_argument("--dim", type=int, default=None,
+                        help="keep the top D directions of the model's whitening (a whitened model only)")
+    parser.add_argument(
+        "--num-processes", type=int, default=1,
+        help="embed with N processes on this host, each taking every N-th chunk, into one output (threads are "
+        "shared out); under accelerate launch or torchrun the launcher's processes do the same (default: 1)",
+    )
+    parser.add_argument(
+        "--engine", choices=ENGINES, default="maskae",
+        help="maskae (chunked, resumable), or ray: a Ray Data pipeline read -> map_batches -> write_parquet, "
+        "OUTPUT a directory of parquet files with text and embedding (pip install 'maskae[ray]')",
+    )
+    parser.add_argument("--num-workers", type=int, default=1, help="Ray actors embedding in parallel (--engine ray)")
     parser.add_argument("--resume", action="store_true", help="continue after the chunks an earlier run wrote")
     parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT and any partial output")
     parser.set_defaults(func=run)
@@ -94,19 +112,22 @@ def run(args: argparse.Namespace) -> int:
     if output.is_dir() and output.suffix.lower() in (".npy", ".parquet"):
         raise DataError(f"{str(output)!r} is a directory, but its name asks for a {output.suffix} file; remove it "
                         "or choose another --output.")
+    if args.precision != "float32" and args.pooling == "none":
+        raise ConfigError(f"--precision {args.precision} stores one vector per text; drop it for --pooling none.")
+    if args.num_processes < 1 or args.num_workers < 1:
+        raise ConfigError("--num-processes and --num-workers must be at least 1.")
+    if args.engine == "ray":
+        return _embed_with_ray(args, output)
+    if args.num_workers != 1:
+        raise ConfigError("--num-workers counts Ray actors; pass --engine ray, or --num-processes for maskae's own.")
+    if args.num_processes > 1:
+        return _launch(args, output)
     return _embed(args, output)
 
 
-def _embed(args: argparse.Namespace, output: Path) -> int:
-    from ..data.corpus import load_corpus
-    from ..embeddings.embedder import Embedder
-    from ..embeddings.graphs import GraphEmbedder, is_graph_export
-    from ..embeddings.writer import write_embeddings
-
-    # A graph has its pooling baked in; PyTorch pools by the mean unless told otherwise.
-    pooling = args.pooling or (None if is_graph_export(args.model) else "mean")
-
-    settings = {
+def _settings(args: argparse.Namespace, pooling: str | None) -> dict:
+    """What a resumed run must match, and what the record beside the output keeps."""
+    return {
         "model": args.model,
         "input": str(Path(args.input).resolve()) if Path(args.input).exists() else args.input,
         "text_column": args.text_column,
@@ -118,31 +139,91 @@ def _embed(args: argparse.Namespace, output: Path) -> int:
         "dtype": args.dtype,
         "normalize": args.normalize,
         "whiten": args.whiten,
+        "dim": args.dim,
         "max_length": args.max_length,
         "chunk_size": args.chunk_size,
+        "precision": args.precision,
     }
+
+
+def _pooling(args: argparse.Namespace) -> str | None:
+    """A graph has its pooling baked in; PyTorch pools by the mean unless told otherwise."""
+    from ..embeddings.graphs import is_graph_export
+
+    return args.pooling or (None if is_graph_export(args.model) else "mean")
+
+
+def _launch(args: argparse.Namespace, output: Path) -> int:
+    """`--num-processes N`: check the request here, then run N ranks of this very command."""
+    import sys
+
+    from ..embeddings.ranks import launch_local
+    from ..embeddings.writer import ChunkWriter
+
+    ChunkWriter(output, _settings(args, _pooling(args)), resume=args.resume, overwrite=args.overwrite)
+    argv = sys.argv[1:]
+    for position, word in enumerate(argv):
+        if word == "--num-processes":
+            del argv[position:position + 2]
+            break
+        if word.startswith("--num-processes="):
+            del argv[position]
+            break
+    return launch_local(argv, args.num_processes)
+
+
+def _embed_with_ray(args: argparse.Namespace, output: Path) -> int:
+    from ..embeddings.ray_data import embed_with_ray
+
+    if args.num_processes != 1 or args.resume or args.precision != "float32":
+        raise ConfigError("--engine ray writes float32 parquet files in one pass: drop --num-processes, --resume and "
+                          "--precision (use --num-workers for parallelism).")
+    rows = embed_with_ray(
+        args.model, args.input, output, num_workers=args.num_workers, text_column=args.text_column,
+        layer=args.layer, pooling=args.pooling, normalize=args.normalize, whiten=args.whiten, backend=args.backend,
+        dtype=args.dtype, max_length=args.max_length, batch_size=args.batch_size, chunk_size=args.chunk_size,
+        layer_combine=args.layer_combine, overwrite=args.overwrite, progress=not args.quiet,
+    )
+    print(f"wrote {rows} embeddings to {output}")
+    return 0
+
+
+def _embed(args: argparse.Namespace, output: Path) -> int:
+    from ..data.corpus import load_corpus
+    from ..embeddings.embedder import Embedder
+    from ..embeddings.ranks import current_ranks
+    from ..embeddings.writer import write_embeddings
+
+    pooling = _pooling(args)
+    ranks = current_ranks()
     loaded: dict = {}
 
     def load() -> None:
-        embedder = Embedder.from_pretrained(args.model, device=args.device, backend=args.backend, dtype=args.dtype)
-        if isinstance(embedder, GraphEmbedder):  # a graph's whitening is inside it: --no-whiten must fail up front
-            embedder.check_request(args.layer, pooling, args.layer_combine, args.batch_size, whiten=args.whiten)
-        else:
-            embedder.check_request(args.layer, pooling, args.layer_combine, args.batch_size)
+        device = args.device or (f"cuda:{ranks.rank}" if ranks.world > 1 and _cuda() else None)
+        embedder = Embedder.from_pretrained(args.model, device=device, backend=args.backend, dtype=args.dtype)
+        embedder.check_request(args.layer, pooling, args.layer_combine, args.batch_size, args.whiten, args.dim)
         loaded["embedder"] = embedder
         loaded["corpus"] = load_corpus(args.input, args.text_column, streaming=True, split=args.split)
 
     def embed(texts: list[str]):
         return loaded["embedder"].embed(
             texts, layer=args.layer, pooling=pooling, normalize=args.normalize, batch_size=args.batch_size,
-            max_length=args.max_length, layer_combine=args.layer_combine, whiten=args.whiten,
+            max_length=args.max_length, layer_combine=args.layer_combine, whiten=args.whiten, dim=args.dim,
         )
 
     def chunks():
         for batch in loaded["corpus"].iter(batch_size=args.chunk_size):
             yield batch["text"]
 
-    rows = write_embeddings(embed, chunks(), output, settings, resume=args.resume, overwrite=args.overwrite,
-                            progress=not args.quiet, before_start=load)
-    print(f"wrote {rows} embeddings to {output}")
+    rows = write_embeddings(embed, chunks(), output, _settings(args, pooling), resume=args.resume,
+                            overwrite=args.overwrite, progress=not args.quiet, before_start=load,
+                            precision=args.precision, ranks=ranks)
+    if ranks.is_main:
+        print(f"wrote {rows} embeddings to {output}")
     return 0
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -1,5 +1,5 @@
-"""`maskae evaluate MODEL --task sts|probe|mlm|layers|finetune|glue --data PATH`: how good are the model's
-embeddings, and how many labels does a task need when the encoder is fine-tuned?"""
+"""`maskae evaluate MODEL --task sts|probe|mlm|layers|finetune|glue --data PATH`, or `--task mteb --tasks NAMES`:
+how good are the model's embeddings, and how many labels does a task need when the encoder is fine-tuned?"""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from ..errors import ConfigError
 from ..evaluation.schedule import describe_hyperparameters
 from ..evaluation.tasks import GLUE_TASKS, task_files
 
-TASKS = ("sts", "probe", "mlm", "layers", "finetune", "glue")
+TASKS = ("sts", "probe", "mlm", "layers", "finetune", "glue", "mteb")
 DEFAULT_SEEDS = {"probe": 5, "finetune": 3, "glue": 3}
 
 EPILOG = """\
@@ -45,6 +45,11 @@ tasks:
 {hyperparameters}
   glue    finetune on each of {glue} under --data (a folder holding them), and the GLUE-style
           average (a task with two metrics counts their mean); --save DIR keeps DIR/<task>.
+  mteb    the main score x100 of each MTEB task named by --tasks (comma-separated, as MTEB spells them,
+          e.g. STSBenchmark,SICK-R), at --layer with --pooling and the stored whitening when it matches,
+          cosine similarity, no instruction prompts. No --data: MTEB downloads each task's data from the
+          Hugging Face Hub (once, then cached). --output DIR keeps MTEB's result files. Needs the mteb
+          extra: pip install 'maskae[mteb]'.
 
 --baseline adds TF-IDF + truncated SVD (LSA) and PCA of the full-width embeddings, both at width
 --dim (default: the model's code width), so a bottleneck of width d meets the classic linear
@@ -62,6 +67,7 @@ examples:
   maskae evaluate all-MiniLM-L6-v2 --task sts --data stsb/test.tsv --layer 3 --whiten stsb/train.tsv
   maskae evaluate runs/tiny --task finetune --data sst2 --budgets 100,1000 --seeds 3 --baseline
   maskae evaluate all-MiniLM-L6-v2 --task glue --data ../shared/data --layer 3 --budgets 100,1000,all --max-train 5000
+  maskae evaluate all-MiniLM-L6-v2 --task mteb --tasks STSBenchmark,SICK-R --layer 3 --output mteb-results
 """
 
 
@@ -82,14 +88,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("model", metavar="MODEL", help="model directory or Hub id (MaskAE or a stock encoder)")
     parser.add_argument("--task", required=True, choices=TASKS, help="what to measure (see below)")
-    parser.add_argument("--data", required=True, type=Path,
-                        help="the tsv, or for probe / finetune a task directory, or for glue the folder of tasks")
+    parser.add_argument("--data", type=Path,
+                        help="the tsv, or for probe / finetune a task directory, or for glue the folder of tasks "
+                        "(every task but mteb)")
+    parser.add_argument("--tasks", metavar="NAMES", help="mteb: MTEB task names, comma-separated (e.g. STSBenchmark,SICK-R)")
     parser.add_argument("--eval-data", type=Path, help="probe, finetune: the evaluation tsv when --data is the training tsv (or instead of its validation.tsv)")
     parser.add_argument("--of", choices=("sts", "probe"), default="sts", help="layers: which figure to sweep (default: sts)")
     parser.add_argument("--layer", type=int, help="hidden state k to embed with (0 = embeddings; default: the code); "
                         "finetune, glue: fine-tune the first k layers")
-    parser.add_argument("--pooling", choices=SENTENCE_POOLINGS, default="mean",
-                        help="how token vectors become one sentence vector (default: mean)")
+    parser.add_argument("--pooling", choices=SENTENCE_POOLINGS,
+                        help="how token vectors become one sentence vector (default: mean; mteb on an exported graph: its own)")
     parser.add_argument("--baseline", action="store_true", help="also score LSA and PCA baselines of width --dim "
                         "(finetune, glue: the random-init network and LSA)")
     parser.add_argument("--dim", type=positive_int, help="width of the baselines (default: the model's code width)")
@@ -107,7 +115,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-length", type=int, help="truncate sentences to this many tokens (default: the model's limit)")
     parser.add_argument("--block-size", type=positive_int, default=128, help="mlm: tokens per block (default: 128)")
     parser.add_argument("--pseudo-blocks", type=int, default=4, help="mlm: blocks scored for pseudo-perplexity (default: 4)")
-    parser.add_argument("--output", type=Path, help="layers: where to save the PNG plot (default: layers-<of>.png)")
+    parser.add_argument("--output", type=Path, help="layers: where to save the PNG plot (default: layers-<of>.png); "
+                        "mteb: a folder for MTEB's result files (default: none written)")
     parser.add_argument("--whiten", metavar="CORPUS",
                         help="sts, probe: also report embeddings whitened by a fit on this unlabelled corpus "
                         "(a task tsv's sentence columns, or any text corpus)")
@@ -123,6 +132,13 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.tasks import parse_budgets
     from ..utils.plotting import plot_layer_curve
 
+    if args.task == "mteb":
+        return report(run_mteb(args), args)
+    if args.tasks is not None:
+        raise ConfigError("--tasks names MTEB tasks, which only --task mteb runs; drop it, or pass --task mteb.")
+    if args.data is None:
+        raise ConfigError(f"--task {args.task} needs --data; pass the file or folder it scores (see maskae evaluate --help).")
+    args.pooling = args.pooling or "mean"  # only an exported graph, under mteb, has a pooling of its own
     if args.task in ("finetune", "glue"):
         return report(fine_tune(args), args)
     if args.task == "mlm":
@@ -175,6 +191,25 @@ def fine_tune(args: argparse.Namespace) -> dict:
     return run(args.model, args.data, **({} if args.task == "glue" else {"eval_data": args.eval_data}), budgets=parse_budgets(args.budgets), seeds=tuple(range(seed_count(args))),
                max_train=args.max_train, layer=args.layer, whole_stack=args.whole_stack, baseline=args.baseline,
                limit=args.limit, save=args.save)
+
+
+def run_mteb(args: argparse.Namespace) -> dict:
+    """--task mteb."""
+    from ..evaluation.mteb import MtebResult, evaluate_mteb
+
+    if not args.tasks or not args.tasks.strip(" ,"):
+        raise ConfigError("--task mteb needs --tasks NAMES; pass MTEB task names, comma-separated, e.g. "
+                          "--tasks STSBenchmark,SICK-R.")
+    if args.data is not None:
+        raise ConfigError("--data does not apply to --task mteb, which loads each task's own data; drop it.")
+    if args.whiten is not None:
+        raise ConfigError("--whiten does not apply to --task mteb, which uses the whitening stored with the model "
+                          "(maskae whiten); drop it.")
+    names = [name.strip() for name in args.tasks.split(",") if name.strip()]
+    scores = evaluate_mteb(args.model, names, layer=args.layer, pooling=args.pooling, batch_size=args.batch_size,
+                           output_folder=args.output)
+    return MtebResult({"task": "mteb", "layer": args.layer, "pooling": args.pooling, "main_scores": scores,
+                       "output": None if args.output is None else str(args.output)})
 
 
 def fitted_whitening(args: argparse.Namespace):

@@ -9,3 +9,5 @@ GRAPH_BACKENDS = ("onnx", "openvino")  # the ones that run an exported graph
 DTYPES = ("fp32", "bf16")  # matmul precision at run time
 QUANTIZATIONS = ("int8",)  # exported graphs: int8, or fp32 when none is asked for
 CALIBRATION_SIZE = 300  # sentences that calibrate a static int8 graph
+PRECISIONS = ("float32", "float16", "int8", "binary")  # how stored vectors are kept (embeddings.precision)
+ENGINES = ("maskae", "ray")  # what drives a corpus: maskae's chunked writer, or a Ray Data pipeline

@@ -40,7 +40,7 @@ from .inputs import (
     pad_id,
     tokenize,
 )
-from .whitening import Whitening, whitening_from_vectors
+from .whitening import Whitening, check_dim, whitening_from_vectors
 
 register_auto_classes()  # maskae checkpoints load through the Auto classes and save with their auto_map
 
@@ -272,7 +272,8 @@ class Embedder:
         return w
 
     def check_request(
-        self, layer: LayerSpec, pooling: str, layer_combine: str = "mean", batch_size: int = 1
+        self, layer: LayerSpec, pooling: str, layer_combine: str = "mean", batch_size: int = 1, whiten: bool = True,
+        dim: int | None = None,
     ) -> list[int] | None:
         """Validate embedding arguments before any work starts; returns the resolved layers."""
         if pooling not in POOLINGS:
@@ -287,6 +288,8 @@ class Embedder:
                 "this model's code is one pooled vector per text (sentence bottleneck), so pooling='none' has no "
                 "tokens to return; pass a layer (e.g. layer=-1) for per-token vectors."
             )
+        if dim is not None:
+            check_dim(dim, self.whitening_for(layer, pooling) if whiten else None)
         return layers
 
     @torch.inference_mode()
@@ -301,10 +304,11 @@ class Embedder:
         show_progress: bool = False,
         layer_combine: str = "mean",
         whiten: bool = True,
+        dim: int | None = None,
     ) -> np.ndarray:
         """Embed `texts`; see `maskae.embed` for the arguments."""
         pooling = pooling or "mean"
-        layers = self.check_request(layer, pooling, layer_combine, batch_size)
+        layers = self.check_request(layer, pooling, layer_combine, batch_size, whiten, dim)
         whitening = self.whitening_for(layer, pooling) if whiten else None
         texts = check_texts(texts)
         token_ids = self.tokenize(texts, max_length)
@@ -314,7 +318,7 @@ class Embedder:
                 input_ids, attention_mask = self._pad(batch)
                 vectors = self.pooled(input_ids, attention_mask, layers, pooling, layer_combine).float()
                 if whitening is not None:
-                    vectors = torch.from_numpy(whitening.apply(vectors.cpu().numpy()))
+                    vectors = torch.from_numpy(whitening.apply(vectors.cpu().numpy()))[:, :dim]
                 if normalize:
                     vectors = F.normalize(vectors, p=2, dim=-1)
                 vectors = vectors.cpu().numpy()
@@ -343,6 +347,7 @@ def embed(
     whiten: bool = True,
     backend: str | None = None,
     dtype: str | None = None,
+    dim: int | None = None,
 ) -> np.ndarray:
     """Embed `texts` with a MaskAE model, any Hugging Face encoder, or a graph exported from either.
 
@@ -362,6 +367,8 @@ def embed(
             this `layer` and `pooling` (before `normalize`); False returns the raw embeddings.
         backend: "torch", "onnx" or "openvino" (see `Embedder.from_pretrained`).
         dtype: "bf16" to run bf16 matmuls where the hardware has a bf16 unit; fp32 by default.
+        dim: keep the top `dim` directions of the stored whitening (before `normalize`): a shorter
+            vector that keeps most of the quality; needs a whitening that matches the request.
 
     Returns:
         float32 array [n, dim] in input order; with pooling="none", an object array of n float32
@@ -385,6 +392,7 @@ def embed(
         show_progress=show_progress,
         layer_combine=layer_combine,
         whiten=whiten,
+        dim=dim,
     )
 
 

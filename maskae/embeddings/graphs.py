@@ -145,7 +145,7 @@ class GraphEmbedder:
             {"input_ids": input_ids, "attention_mask": attention_mask})[OUTPUT].copy()
 
     def check_request(self, layer=None, pooling: str | None = None, layer_combine: str = "mean",
-                      batch_size: int = 1, whiten: bool = True) -> None:
+                      batch_size: int = 1, whiten: bool = True, dim: int | None = None) -> None:
         """Refuse, before any work, what the graph cannot give: it has one layer and one pooling baked in
         (`layer_combine` is accepted as `Embedder.check_request` accepts it; one layer has nothing to combine)."""
         if batch_size < 1:
@@ -161,6 +161,13 @@ class GraphEmbedder:
         if not whiten and self.whitened:
             raise ConfigError(f"this {self.backend} graph has the model's whitening inside it; export the model "
                               "again after removing its whitening to get raw vectors.")
+        if dim is not None:
+            if not self.whitened:
+                raise ConfigError(f"--dim {dim} keeps the top directions of a whitening, and this {self.backend} graph "
+                                  "has none; whiten the model (maskae whiten) and export it again, or drop --dim.")
+            if not 1 <= dim <= self.config["dimension"]:
+                raise ConfigError(f"--dim {dim} is out of range: the graph gives {self.config['dimension']} "
+                                  f"directions; choose 1 to {self.config['dimension']}.")
 
     def embed(
         self,
@@ -173,9 +180,11 @@ class GraphEmbedder:
         show_progress: bool = False,
         layer_combine: str = "mean",
         whiten: bool = True,
+        dim: int | None = None,
     ) -> np.ndarray:
-        """Embed `texts` as the exported graph does; `normalize` adds L2 normalisation to a graph without it."""
-        self.check_request(layer, pooling, layer_combine, batch_size, whiten)
+        """Embed `texts` as the exported graph does; `normalize` adds L2 normalisation to a graph without it,
+        and `dim` keeps the top directions of its whitening (a graph that normalised is normalised again)."""
+        self.check_request(layer, pooling, layer_combine, batch_size, whiten, dim)
         texts = check_texts(texts)
         token_ids = tokenize(self.tokenizer, texts, max_length or self.max_length, self.lowercase)
         padding = pad_id(self.tokenizer)
@@ -183,7 +192,9 @@ class GraphEmbedder:
         for rows, batch in in_length_order(token_ids, batch_size, show_progress):
             input_ids, attention_mask = pad_batch(batch, padding)
             result[rows] = self._run(input_ids.numpy(), attention_mask.numpy())
-        if normalize and not self.normalized:
+        if dim is not None:
+            result = np.ascontiguousarray(result[:, :dim])
+        if (normalize and not self.normalized) or (dim is not None and self.normalized):
             result /= np.maximum(np.linalg.norm(result, axis=1, keepdims=True), 1e-12)
         return result
 

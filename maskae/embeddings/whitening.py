@@ -21,7 +21,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
-from ..errors import CheckpointError, DataError
+from ..errors import CheckpointError, ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +109,17 @@ def _cached(source: str | Path, name: str) -> str | None:
                            _raise_exceptions_for_connection_errors=False)
     except OSError:
         return None
+
+
+def check_dim(dim: int, whitening: Whitening | None) -> None:
+    """`dim` keeps the top directions of a whitening (they come sorted by variance): refuse it where there is
+    no whitening to cut, or fewer directions than asked."""
+    if whitening is None:
+        raise ConfigError(f"--dim {dim} keeps the top directions of the model's whitening, but none applies to this "
+                          "layer and pooling; fit one first with maskae whiten (same --layer and --pooling), or drop --dim.")
+    if not 1 <= dim <= whitening.dim:
+        raise ConfigError(f"--dim {dim} is out of range: the whitening keeps {whitening.dim} directions; choose 1 to "
+                          f"{whitening.dim}.")
 
 
 def whitening_from_vectors(vectors: np.ndarray, dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,119 @@
+"""Many processes, one output: which chunks of the corpus this process embeds, and the two points where
+the processes of one `maskae embed` wait for each other.
+
+Chunk i belongs to rank i mod N. Every chunk is embedded exactly as one process would embed it (the same
+texts in the same length-sorted batches), so N processes write the rows of one process bit for bit (on
+the same kernels), the shards stay even however uneven the texts are, and a resumed run with another N
+simply takes over the chunks that are missing. The processes come from `accelerate launch` / torchrun
+(the environment says how many) or from `--num-processes`, which starts them on this host
+(`launch_local`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+from ..errors import DataError
+
+WAIT_LIMIT = timedelta(days=7)  # the final wait lasts as long as the slowest rank's share of the corpus
+
+
+@dataclass
+class Ranks:
+    """This process's place among the processes embedding one corpus."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def owns(self, chunk: int) -> bool:
+        return chunk % self.world == self.rank
+
+    def wait_for_everyone(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+
+def current_ranks() -> Ranks:
+    """The ranks set up by `accelerate launch`, torchrun or `launch_local` (one process when none is)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Ranks()
+    from accelerate import PartialState
+
+    import torch
+
+    state = PartialState(cpu=not torch.cuda.is_available(), timeout=WAIT_LIMIT)
+    return Ranks(state.process_index, state.num_processes)
+
+
+def launch_local(argv: list[str], processes: int) -> int:
+    """Run `python -m maskae` with `argv` (an embed command line) as `processes` ranks on this host, threads shared out
+    among them; returns 0, or raises one line naming the rank that failed (the others are stopped, and
+    every chunk written stays for --resume). SIGTERM / Ctrl-C reach every rank, which stop after their
+    current chunk."""
+    threads = max(1, (os.cpu_count() or 1) // processes)
+    port = _free_port()
+    children, logs = [], []
+    for rank in range(processes):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(processes),
+               "LOCAL_WORLD_SIZE": str(processes), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+               "OMP_NUM_THREADS": str(threads)}
+        logs.append(None if rank == 0 else tempfile.TemporaryFile())  # rank 0 draws the bar; others speak on failure
+        children.append(subprocess.Popen([sys.executable, "-m", "maskae", *argv], env=env, stderr=logs[-1],
+                                         start_new_session=True))
+    forwarded, culprits = {}, []
+
+    def forward(signum, frame):
+        forwarded["signum"] = signum
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while any(child.poll() is None for child in children):
+            culprits = culprits or [r for r, child in enumerate(children) if child.returncode not in (None, 0)]
+            if culprits and "signum" not in forwarded:
+                for child in children:  # chunks are written atomically: killing loses at most a chunk in flight
+                    if child.poll() is None:
+                        child.kill()
+            time.sleep(0.05)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if "signum" in forwarded:
+        return 128 + forwarded["signum"]
+    culprits = culprits or [r for r, child in enumerate(children) if child.returncode != 0]
+    if not culprits:
+        return 0
+    rank = culprits[0]
+    if rank == 0:  # rank 0 printed its own error line
+        return children[0].returncode
+    raise DataError(f"rank {rank} of {processes} failed (exit {children[rank].returncode}){_last_line(logs[rank])}; "
+                    "the chunks already written are kept: fix the cause and rerun with --resume.")
+
+
+def _last_line(log) -> str:
+    log.seek(0)
+    lines = [line for line in log.read().decode(errors="replace").splitlines() if line.strip()]
+    return f": {lines[-1].strip().removeprefix('maskae embed: error: ')}" if lines else ""
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
