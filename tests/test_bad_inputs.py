@@ -24,7 +24,8 @@ import pytest
 from conftest import RECIPES, SHRINK, tiny_stock, tiny_tokenizer
 from onnx import TensorProto, helper
 from safetensors.torch import load_file, save_file
-from transformers import AutoTokenizer, BertTokenizerFast
+import torch
+from transformers import AutoTokenizer, BertConfig, BertModel, BertTokenizerFast
 
 from maskae import MaskAEForMaskedLM
 from maskae.cli import main
@@ -130,6 +131,13 @@ def ws(tmp_path_factory) -> Path:
         (damaged / item.name).write_bytes(item.read_bytes())
     weights_file = damaged / "model.safetensors"
     weights_file.write_bytes(weights_file.read_bytes()[:64])
+    torch.manual_seed(0)  # a model whose vectors are wider than the indexed ones
+    BertModel(BertConfig(vocab_size=99, hidden_size=48, num_hidden_layers=1, num_attention_heads=4,
+                         intermediate_size=37)).save_pretrained(root / "wide-model")
+    tiny_tokenizer(root / "wide-model")
+    assert main(["--quiet", "embed", str(model), "--input", str(root / "corpus.txt"), "--output",
+                 str(root / "tiny-vectors.npy")]) == 0
+    assert main(["--quiet", "index", str(root / "tiny-vectors.npy"), "--out", str(root / "index")]) == 0
     return root
 
 
@@ -238,6 +246,32 @@ TABLE = [
     Case("embed: a foreign .onnx file", lambda ws: ["embed", str(ws / "graphs-foreign"), "--input",
                                                    str(ws / "corpus.txt"), "--output", str(ws / "v.npy"), "--backend",
                                                    "onnx"], "not a maskae sentence graph", keep=("graphs-foreign",)),
+    Case("embed: an unknown precision", lambda ws: embed(ws, "--output", str(ws / "v.npy"), "--precision", "int4"),
+         ARGPARSE),
+    Case("embed: --dim without a whitening", lambda ws: embed(ws, "--output", str(ws / "v.npy"), "--dim", "8"),
+         "none applies"),
+    Case("embed: int8 per-token vectors", lambda ws: embed(ws, "--output", str(ws / "v.parquet"), "--pooling", "none",
+                                                           "--precision", "int8"), "one vector per text"),
+    Case("embed: --num-workers without Ray", lambda ws: embed(ws, "--output", str(ws / "v.npy"), "--num-workers", "2"),
+         "counts Ray actors"),
+    Case("embed: --resume with the Ray engine", lambda ws: embed(ws, "--output", str(ws / "ray-out"), "--engine", "ray",
+                                                                 "--resume"), "in one pass"),
+    # ---- index and search
+    Case("index: vectors without their record", lambda ws: ["index", str(ws / "vectors.npy"), "--out",
+                                                            str(ws / "new-index")], "no readable record"),
+    Case("index: vectors missing", lambda ws: ["index", str(ws / "nope.npy"), "--out", str(ws / "new-index")],
+         "does not exist"),
+    Case("index: an unknown kind", lambda ws: ["index", str(ws / "tiny-vectors.npy"), "--out", str(ws / "new-index"),
+                                               "--kind", "lsh"], ARGPARSE),
+    Case("index: output exists", lambda ws: ["index", str(ws / "tiny-vectors.npy"), "--out", str(ws / "index")],
+         "already exists", keep=("index",)),
+    Case("index: the corpus changed since embedding", lambda ws: ["index", str(ws / "tiny-vectors.npy"), "--out",
+                                                                  str(ws / "new-index"), "--texts",
+                                                                  str(ws / "one-line.txt")], "now holds"),
+    Case("search: a missing index", lambda ws: ["search", str(ws / "no-index"), "w1 w2"], "is not an index"),
+    Case("search: a model of another width", lambda ws: ["search", str(ws / "index"), "w1 w2", "--model",
+                                                         str(ws / "wide-model")], "48-wide", keep=("index",)),
+    Case("search: k of 0", lambda ws: ["search", str(ws / "index"), "w1 w2", "--k", "0"], "at least 1"),
     # ---- evaluate
     Case("evaluate: data missing", lambda ws: ["evaluate", str(ws / "model"), "--task", "sts", "--data",
                                                str(ws / "nope.tsv")], "is not a file"),

@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"{str(output)!r} is a directory, but its name asks for a {output.suffix} file; remove it "
                         "or choose another --output.")
     if args.precision != "float32" and args.pooling == "none":
-        raise ConfigError(f"--precision {args.precision} stores one vector per text; drop it for --pooling none.")
+        raise ConfigError(f"--precision {args.precision} stores one vector per text; remove it for --pooling none, or choose a sentence pooling.")
     if args.num_processes < 1 or args.num_workers < 1:
         raise ConfigError("--num-processes and --num-workers must be at least 1.")
     if args.engine == "ray":
@@ -154,13 +154,13 @@ def _pooling(args: argparse.Namespace) -> str | None:
 
 
 def _launch(args: argparse.Namespace, output: Path) -> int:
-    """`--num-processes N`: check the request here, then run N ranks of this very command."""
+    """`--num-processes N`: prepare the output here, run N ranks of this very command, join their chunks."""
     import sys
 
     from ..embeddings.ranks import launch_local
     from ..embeddings.writer import ChunkWriter
+    from ..utils.run_lock import RunLock
 
-    ChunkWriter(output, _settings(args, _pooling(args)), resume=args.resume, overwrite=args.overwrite)
     argv = sys.argv[1:]
     for position, word in enumerate(argv):
         if word == "--num-processes":
@@ -169,15 +169,23 @@ def _launch(args: argparse.Namespace, output: Path) -> int:
         if word.startswith("--num-processes="):
             del argv[position]
             break
-    return launch_local(argv, args.num_processes)
+    with RunLock(output.with_name(output.name + ".lock"), "maskae embed"):
+        writer = ChunkWriter(output, _settings(args, _pooling(args)), resume=args.resume, overwrite=args.overwrite)
+        writer.start()
+        code = launch_local(argv, args.num_processes)
+        if code:
+            return code
+        rows = writer.finish(writer.saved_count(), args.precision)
+    print(f"wrote {rows} embeddings to {output}")
+    return 0
 
 
 def _embed_with_ray(args: argparse.Namespace, output: Path) -> int:
+    if args.num_processes != 1 or args.resume or args.precision != "float32":
+        raise ConfigError("--engine ray writes float32 parquet files in one pass: remove --num-processes, --resume "
+                          "and --precision (use --num-workers for parallelism).")
     from ..embeddings.ray_data import embed_with_ray
 
-    if args.num_processes != 1 or args.resume or args.precision != "float32":
-        raise ConfigError("--engine ray writes float32 parquet files in one pass: drop --num-processes, --resume and "
-                          "--precision (use --num-workers for parallelism).")
     rows = embed_with_ray(
         args.model, args.input, output, num_workers=args.num_workers, text_column=args.text_column,
         layer=args.layer, pooling=args.pooling, normalize=args.normalize, whiten=args.whiten, backend=args.backend,

@@ -5,15 +5,15 @@ Chunk i belongs to rank i mod N. Every chunk is embedded exactly as one process 
 texts in the same length-sorted batches), so N processes write the rows of one process bit for bit (on
 the same kernels), the shards stay even however uneven the texts are, and a resumed run with another N
 simply takes over the chunks that are missing. The processes come from `accelerate launch` / torchrun
-(the environment says how many) or from `--num-processes`, which starts them on this host
-(`launch_local`).
+(the environment says how many; rank 0 prepares and joins, the ranks wait for each other twice), or from
+`--num-processes` (`launch_local`), where the launching process prepares and joins and the ranks it
+starts only embed, so that no process group is needed and a failed rank is simply an exit code.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +23,7 @@ from datetime import timedelta
 
 from ..errors import DataError
 
+LOCAL_RANK, LOCAL_WORLD = "MASKAE_EMBED_RANK", "MASKAE_EMBED_WORLD"  # set by launch_local for its ranks
 WAIT_LIMIT = timedelta(days=7)  # the final wait lasts as long as the slowest rank's share of the corpus
 
 
@@ -32,16 +33,18 @@ class Ranks:
 
     rank: int = 0
     world: int = 1
+    launched_here: bool = False  # started by launch_local, whose process prepares and joins
 
     @property
     def is_main(self) -> bool:
-        return self.rank == 0
+        """Whether this process prepares the output and joins it."""
+        return self.rank == 0 and not self.launched_here
 
     def owns(self, chunk: int) -> bool:
         return chunk % self.world == self.rank
 
     def wait_for_everyone(self) -> None:
-        if self.world > 1:
+        if self.world > 1 and not self.launched_here:
             import torch.distributed as dist
 
             dist.barrier()
@@ -49,6 +52,8 @@ class Ranks:
 
 def current_ranks() -> Ranks:
     """The ranks set up by `accelerate launch`, torchrun or `launch_local` (one process when none is)."""
+    if LOCAL_RANK in os.environ:
+        return Ranks(int(os.environ[LOCAL_RANK]), int(os.environ[LOCAL_WORLD]), launched_here=True)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Ranks()
@@ -61,17 +66,15 @@ def current_ranks() -> Ranks:
 
 
 def launch_local(argv: list[str], processes: int) -> int:
-    """Run `python -m maskae` with `argv` (an embed command line) as `processes` ranks on this host, threads shared out
-    among them; returns 0, or raises one line naming the rank that failed (the others are stopped, and
-    every chunk written stays for --resume). SIGTERM / Ctrl-C reach every rank, which stop after their
-    current chunk."""
+    """Run `python -m maskae` with `argv` (an embed command line) as `processes` ranks on this host, threads
+    shared out among them, once the caller prepared the output; returns 0 when every rank embedded its
+    chunks, or raises one line naming the rank that failed (the others are stopped, and every chunk
+    written stays for --resume). SIGTERM / Ctrl-C reach every rank, which stop after their current chunk;
+    the exit code says so."""
     threads = max(1, (os.cpu_count() or 1) // processes)
-    port = _free_port()
     children, logs = [], []
     for rank in range(processes):
-        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(processes),
-               "LOCAL_WORLD_SIZE": str(processes), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-               "OMP_NUM_THREADS": str(threads)}
+        env = {**os.environ, LOCAL_RANK: str(rank), LOCAL_WORLD: str(processes), "OMP_NUM_THREADS": str(threads)}
         logs.append(None if rank == 0 else tempfile.TemporaryFile())  # rank 0 draws the bar; others speak on failure
         children.append(subprocess.Popen([sys.executable, "-m", "maskae", *argv], env=env, stderr=logs[-1],
                                          start_new_session=True))
@@ -101,8 +104,6 @@ def launch_local(argv: list[str], processes: int) -> int:
     if not culprits:
         return 0
     rank = culprits[0]
-    if rank == 0:  # rank 0 printed its own error line
-        return children[0].returncode
     raise DataError(f"rank {rank} of {processes} failed (exit {children[rank].returncode}){_last_line(logs[rank])}; "
                     "the chunks already written are kept: fix the cause and rerun with --resume.")
 
@@ -112,8 +113,3 @@ def _last_line(log) -> str:
     lines = [line for line in log.read().decode(errors="replace").splitlines() if line.strip()]
     return f": {lines[-1].strip().removeprefix('maskae embed: error: ')}" if lines else ""
 
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]

@@ -57,7 +57,7 @@ def read_record(output: str | Path, command: str = "this") -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         raise DataError(f"{str(output)!r} has no readable record ({path.name}) of the model that wrote it, which "
-                        f"{command} needs; embed the corpus again with maskae embed.") from None
+                        f"{command} needs; rerun maskae embed to write it.") from None
 
 
 def load_embeddings(output: str | Path, command: str = "this") -> StoredEmbeddings:

@@ -116,7 +116,7 @@ def check_dim(dim: int, whitening: Whitening | None) -> None:
     no whitening to cut, or fewer directions than asked."""
     if whitening is None:
         raise ConfigError(f"--dim {dim} keeps the top directions of the model's whitening, but none applies to this "
-                          "layer and pooling; fit one first with maskae whiten (same --layer and --pooling), or drop --dim.")
+                          "layer and pooling; run maskae whiten first (same --layer and --pooling), or remove --dim.")
     if not 1 <= dim <= whitening.dim:
         raise ConfigError(f"--dim {dim} is out of range: the whitening keeps {whitening.dim} directions; choose 1 to "
                           f"{whitening.dim}.")

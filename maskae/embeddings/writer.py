@@ -38,6 +38,7 @@ from .stored import record_path, write_record
 MANIFEST = "manifest.json"
 RECORDS = "chunks.json"
 RANK_RECORDS = "chunks.rank*.json"
+COUNT = "count.txt"
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +113,13 @@ class ChunkWriter:
                 "are kept; free space on that disk, then rerun with --resume."
             ) from None
 
+    def save_count(self, chunks: int) -> None:
+        """How many chunks the corpus has, for the process that joins them (`ranks.launch_local`)."""
+        (self.parts / COUNT).write_text(str(chunks))
+
+    def saved_count(self) -> int:
+        return int((self.parts / COUNT).read_text())
+
     def finish(self, chunks: int, precision: str = "float32") -> int:
         """Join the `chunks` shards into the output at `precision`, record how it was made, and remove the
         parts (main rank, once every rank is done); returns the number of rows."""
@@ -173,7 +181,7 @@ def write_embeddings(
         if not ranks.is_main:
             done = writer.attach()
         count = seen = 0
-        with tqdm(unit="text", desc="embedding", disable=not (progress and ranks.is_main)) as bar:
+        with tqdm(unit="text", desc="embedding", disable=not (progress and ranks.rank == 0)) as bar:
             for index, chunk in enumerate(chunks):
                 if index not in done and ranks.owns(index):
                     writer.write(index, embed(chunk))
@@ -184,6 +192,10 @@ def write_embeddings(
                 if signum is not None:  # the chunk is written: stop here, --resume starts at the next one
                     raise Preempted(signum, f"stopped by {signal.Signals(signum).name} after chunk {index + 1} "
                                     f"({seen} texts), which is written; continue with the same command and --resume")
+        if ranks.launched_here:
+            if ranks.rank == 0:
+                writer.save_count(count)
+            return 0
         ranks.wait_for_everyone()
         return writer.finish(count, precision) if ranks.is_main else 0
 

@@ -38,6 +38,7 @@ HNSW_NEIGHBOURS = 32  # links per node: FAISS's and hnswlib's usual middle groun
 HNSW_EF_CONSTRUCTION = 200
 HNSW_EF_SEARCH = 128
 IVF_TRAINING_PER_LIST = 64  # training vectors per inverted list (FAISS warns below 39)
+IVF_MIN_PROBES = 8  # lists a query visits at least; an eighth of them on large corpora
 SCALAR_TRAINING = 100_000  # vectors that fit the 8-bit quantiser's ranges
 
 
@@ -101,7 +102,7 @@ def _new_index(faiss, quantizer: Quantizer, kind: str, rows: int):
     settings: dict = {"metric": "hamming" if precision == "binary" else "cosine"}
     nlist = max(1, min(round(4 * math.sqrt(rows)), rows // IVF_TRAINING_PER_LIST))
     if kind == "ivf":
-        settings |= {"nlist": nlist, "nprobe": max(1, nlist // 16)}
+        settings |= {"nlist": nlist, "nprobe": min(nlist, max(IVF_MIN_PROBES, nlist // 8))}
     if kind == "hnsw":
         settings |= {"ef_search": HNSW_EF_SEARCH}
     if precision == "binary":
@@ -176,7 +177,7 @@ class SearchIndex:
             self.config = json.loads((self.directory / CONFIG).read_text())
         except (OSError, ValueError):
             raise DataError(f"{str(directory)!r} is not an index that maskae index wrote (no readable {CONFIG}); "
-                            "build one with maskae index VECTORS --out DIR.") from None
+                            "pass the --out of maskae index VECTORS --out DIR.") from None
         faiss = _faiss()
         self.quantizer = Quantizer.from_dict(self.config["quantizer"])
         read = faiss.read_index_binary if self.quantizer.precision == "binary" else faiss.read_index
@@ -212,7 +213,7 @@ class SearchIndex:
         if vectors.shape[1] != self.quantizer.dimension:
             raise DataError(f"the index holds {self.quantizer.dimension}-wide vectors of "
                             f"{self.config['embedding']['model']}, but {s['model']} gives {vectors.shape[1]}-wide "
-                            "ones; search with the model that built the index (drop --model), or index vectors of "
+                            "ones; use the model that built the index (remove --model), or index vectors of "
                             "this model.")
         if self.quantizer.precision == "binary":
             return self.quantizer.compact(vectors)
