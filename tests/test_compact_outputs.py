@@ -61,7 +61,11 @@ def test_float16_and_binary_outputs(minilm_path, corpus, reference, tmp_path):
             np.testing.assert_allclose(stored.restored(), reference, rtol=1e-3, atol=1e-4)
         else:  # 384 signs in 48 bytes
             assert stored.values.dtype == np.uint8 and stored.values.shape == (len(reference), 48)
-            np.testing.assert_array_equal(stored.restored(), np.where(reference > 0, 1.0, -1.0))
+            centre = reference.astype(np.float64).mean(axis=0)
+            np.testing.assert_allclose(stored.quantizer.offset, centre, atol=1e-6)
+            close = np.abs(reference - centre) < 1e-5  # a float32 mean may round either way at a tie
+            agree = stored.restored() == np.where(reference > stored.quantizer.offset, 1.0, -1.0)
+            assert np.all(agree | close)
     assert record_path(tmp_path / "binary.npy").name == "binary.npy.json"
 
 

@@ -1,6 +1,6 @@
 """Compact storage of sentence vectors: float16 halves the bytes, int8 stores each coordinate in one
 byte on a per-dimension range fitted on the vectors themselves, and binary keeps only the signs, one bit
-per coordinate. These are the int8 and binary schemes that sentence-transformers' `quantize_embeddings`
+per coordinate, taken around the vectors' mean. These are the int8 and binary schemes that sentence-transformers' `quantize_embeddings`
 implements (Shakir, Aarsen and Lee, 2024) and that vector databases index natively.
 
 The ranges are fitted on the whole output (not a calibration sample), so a corpus written by one process
@@ -21,8 +21,8 @@ from .choices import PRECISIONS
 
 @dataclass
 class Quantizer:
-    """How vectors of width `dimension` are stored at `precision`; int8 keeps `offset` and `step` per
-    dimension (x = offset + step * (q + 128))."""
+    """How vectors of width `dimension` are stored at `precision`: int8 keeps `offset` and `step` per
+    dimension (x = offset + step * (q + 128)); binary keeps the signs of x - `offset` (the mean)."""
 
     precision: str
     dimension: int
@@ -35,18 +35,25 @@ class Quantizer:
 
     @classmethod
     def fit(cls, precision: str, batches: Iterable[np.ndarray]) -> "Quantizer":
-        """Fit on every batch of vectors (read one at a time); only int8 has anything to fit."""
-        low = high = None
-        dimension = 0
+        """Fit on every batch of vectors (read one at a time): int8's ranges, and binary's centre (the mean,
+        whose signs carry far more than raw signs where every vector shares a large common component, as
+        a middle layer's do)."""
+        low = high = total = None
+        dimension = count = 0
         for vectors in batches:
             dimension = vectors.shape[1]
-            if precision != "int8":
+            if precision not in ("int8", "binary"):
                 break
+            vectors = vectors.astype(np.float64)
             low = vectors.min(axis=0) if low is None else np.minimum(low, vectors.min(axis=0))
             high = vectors.max(axis=0) if high is None else np.maximum(high, vectors.max(axis=0))
+            total = vectors.sum(axis=0) if total is None else total + vectors.sum(axis=0)
+            count += len(vectors)
+        if precision == "binary":
+            return cls(precision, dimension, (total / count).astype(np.float32))
         if precision != "int8":
             return cls(precision, dimension)
-        step = (high.astype(np.float64) - low) / 255.0
+        step = (high - low) / 255.0
         step[step == 0] = 1.0  # a constant dimension: every value maps to q = -128 and back exactly
         return cls(precision, dimension, low.astype(np.float32), step.astype(np.float32))
 
@@ -70,13 +77,13 @@ class Quantizer:
         if self.precision == "float16":
             return vectors.astype(np.float16)
         if self.precision == "binary":
-            return np.packbits(vectors > 0, axis=1)
+            return np.packbits(vectors > self.offset, axis=1)
         codes = np.rint((vectors - self.offset) / self.step) - 128
         return np.clip(codes, -128, 127).astype(np.int8)
 
     def restore(self, stored: np.ndarray) -> np.ndarray:
         """The stored array back as float32 vectors: exact for float32, rounded for float16 and int8, and
-        +1 / -1 per coordinate for binary."""
+        +1 / -1 per centred coordinate for binary."""
         if self.precision == "binary":
             bits = np.unpackbits(np.asarray(stored, np.uint8), axis=1, count=self.dimension)
             return bits.astype(np.float32) * 2 - 1
@@ -86,13 +93,15 @@ class Quantizer:
 
     def to_dict(self) -> dict:
         record = {"precision": self.precision, "dimension": self.dimension}
+        if self.precision in ("int8", "binary"):
+            record["offset"] = self.offset.tolist()
         if self.precision == "int8":
-            record |= {"offset": self.offset.tolist(), "step": self.step.tolist()}
+            record["step"] = self.step.tolist()
         return record
 
     @classmethod
     def from_dict(cls, record: dict) -> "Quantizer":
-        int8 = record["precision"] == "int8"
+        offset, step = record.get("offset"), record.get("step")
         return cls(record["precision"], int(record["dimension"]),
-                   np.asarray(record["offset"], np.float32) if int8 else None,
-                   np.asarray(record["step"], np.float32) if int8 else None)
+                   None if offset is None else np.asarray(offset, np.float32),
+                   None if step is None else np.asarray(step, np.float32))
