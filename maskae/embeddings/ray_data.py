@@ -16,17 +16,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
+from .. import errors
 from ..errors import ConfigError, DataError, MaskAEError
 from ..utils.extras import import_extra
 from .choices import SENTENCE_POOLINGS
-from .embedder import Embedder, LayerSpec
-from .graphs import GraphEmbedder, is_graph_export
+
+if TYPE_CHECKING:
+    from .embedder import LayerSpec
 
 # Ray's reader for each file suffix, and whether its rows are plain lines (WikiText headings cleaned).
 READERS = {
@@ -41,6 +43,8 @@ READERS = {
 # `= Title =` / `= = Section = =` lines of WikiText keep only their title, as in maskae.data.corpus (which
 # this part may not import).
 HEADING = re.compile(r"^(=(?: =)*) (.*?) \1$")
+# The last line of a remote traceback that ended in a maskae error: its class and its one-sentence message.
+USER_ERROR = re.compile(r"^maskae\.errors\.(\w+): (.+)$", re.MULTILINE)
 
 
 class RayEmbedder:
@@ -48,12 +52,13 @@ class RayEmbedder:
     batch_format="numpy")`: each actor loads `model` once, and each call adds an `embedding` column
     (float32 [n, dim]) holding the vectors of the batch's `text_column`.
 
-    The arguments are those of `maskae.embed`; `threads` sets the actor's torch (and graph runtime) threads.
+    The other arguments are those of `maskae.embed`; `threads` sets the actor's torch (and graph runtime)
+    threads.
     """
 
     def __init__(
         self,
-        model: str,
+        model: str | Path,
         layer: LayerSpec = None,
         pooling: str | None = None,
         normalize: bool = False,
@@ -65,32 +70,36 @@ class RayEmbedder:
         layer_combine: str = "mean",
         text_column: str = "text",
         threads: int | None = None,
+        dim: int | None = None,
     ) -> None:
+        # Imported here, in the actors: Ray's read and write tasks import this module too, and need no torch.
+        import torch
+
+        from .embedder import Embedder
+        from .graphs import is_graph_export
+
         if threads is not None:
             torch.set_num_threads(threads)  # before loading: a graph runtime takes torch's thread count
         # A graph has its pooling baked in; PyTorch pools by the mean unless told otherwise (as maskae embed).
         self.pooling = pooling or (None if is_graph_export(model) else "mean")
         self.embedder = Embedder.from_pretrained(model, backend=backend, dtype=dtype)
-        if isinstance(self.embedder, GraphEmbedder):
-            self.embedder.check_request(layer, self.pooling, layer_combine, batch_size, whiten=whiten)
-        else:
-            self.embedder.check_request(layer, self.pooling, layer_combine, batch_size)
-        self.layer, self.normalize, self.whiten = layer, normalize, whiten
+        self.embedder.check_request(layer, self.pooling, layer_combine, batch_size, whiten, dim)
+        self.layer, self.normalize, self.whiten, self.dim = layer, normalize, whiten, dim
         self.max_length, self.batch_size, self.layer_combine = max_length, batch_size, layer_combine
         self.text_column = text_column
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The batch with an `embedding` column added."""
         batch["embedding"] = self.embedder.embed(
-            [str(text) for text in batch[self.text_column]], layer=self.layer, pooling=self.pooling,
+            batch[self.text_column].tolist(), layer=self.layer, pooling=self.pooling,
             normalize=self.normalize, batch_size=self.batch_size, max_length=self.max_length,
-            layer_combine=self.layer_combine, whiten=self.whiten,
+            layer_combine=self.layer_combine, whiten=self.whiten, dim=self.dim,
         )
         return batch
 
 
 def embed_with_ray(
-    model: str,
+    model: str | Path,
     input: str | Path,
     output: str | Path,
     *,
@@ -108,6 +117,7 @@ def embed_with_ray(
     layer_combine: str = "mean",
     overwrite: bool = False,
     progress: bool = True,
+    dim: int | None = None,
 ) -> int:
     """Embed every non-blank text of `input` with `num_workers` Ray actors and write a Parquet directory
     `output` with columns `text` (stripped, as `maskae.data.load_corpus` gives it) and `embedding`
@@ -116,9 +126,11 @@ def embed_with_ray(
     `input` is a .txt (one text per line), .jsonl/.json, .csv, .tsv or .parquet file, or a directory or glob
     of files of one of these types. Each actor embeds `chunk_size` texts at a time, on its share of the
     cluster's CPUs. A local Ray is started unless `ray.init` was called (on a cluster, call
-    `ray.init(address=...)` first, and give paths that every node can read and write). The other arguments
-    are those of `maskae.embed`.
+    `ray.init(address=...)` first, and give paths that every node can read and write). The files go to
+    `output`.partial, renamed to `output` once complete; `overwrite` replaces an existing `output`, and
+    `progress` shows Ray Data's progress bars. The other arguments are those of `maskae.embed`.
     """
+    ray = import_extra("ray", "ray", "embedding with Ray")
     if num_workers < 1 or chunk_size < 1:
         raise ConfigError(f"num_workers={num_workers} and chunk_size={chunk_size} must both be at least 1.")
     if pooling not in (None, *SENTENCE_POOLINGS):
@@ -128,7 +140,13 @@ def embed_with_ray(
     if output.exists() and not overwrite:
         raise DataError(f"{output} already exists; pass --overwrite to replace it.")
     files, reader, headings = _input_files(str(input))
-    ray = import_extra("ray", "ray", "embedding with Ray")
+    staged = output.with_name(output.name + ".partial")  # the output appears only once complete
+    request = {"model": str(model), "layer": layer, "pooling": pooling, "normalize": normalize, "whiten": whiten,
+               "backend": backend, "dtype": dtype, "max_length": max_length, "batch_size": batch_size,
+               "layer_combine": layer_combine, "dim": dim}
+    # Load the model here once, so that a wrong model, layer or pooling fails in one line before any actor starts
+    # (an actor's failure comes back wrapped in Ray's own reports).
+    RayEmbedder(**request)
     if not ray.is_initialized():
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     cpus, threads = _share(ray, num_workers)
@@ -139,23 +157,22 @@ def embed_with_ray(
         )
         dataset = dataset.map_batches(
             RayEmbedder, batch_size=chunk_size, batch_format="numpy", num_cpus=cpus,
-            compute=ray.data.ActorPoolStrategy(size=num_workers),
-            fn_constructor_kwargs=dict(
-                model=str(model), layer=layer, pooling=pooling, normalize=normalize, whiten=whiten, backend=backend,
-                dtype=dtype, max_length=max_length, batch_size=batch_size, layer_combine=layer_combine,
-                threads=threads,
-            ),
-        ).map_batches(_fixed_size_lists, batch_format="pyarrow", num_cpus=0)
-        if output.exists():
-            _remove(output)
+            compute=ray.data.ActorPoolStrategy(size=num_workers), fn_constructor_kwargs={**request, "threads": threads},
+        ).map_batches(_fixed_size_lists, batch_format="numpy", num_cpus=0)
+        _remove(staged)
         try:
-            dataset.write_parquet(str(output), ray_remote_args={"num_cpus": 0})
+            dataset.write_parquet(str(staged), ray_remote_args={"num_cpus": 0})
         except Exception as error:
-            raise _user_error(error) or error
-    rows = sum(pq.read_metadata(file).num_rows for file in output.glob("*.parquet"))
+            _remove(staged)
+            if (user_error := _user_error(error)) is None:
+                raise
+            raise user_error from None
+    rows = sum(pq.read_metadata(file).num_rows for file in staged.glob("*.parquet"))
     if rows == 0:
-        _remove(output)
+        _remove(staged)
         raise DataError(f"{input} contains no text (every row is blank); point the input at non-empty files.")
+    _remove(output)
+    staged.rename(output)
     return rows
 
 
@@ -206,26 +223,30 @@ def _clean_rows(batch: pa.Table, text_column: str, headings: bool, source: str) 
     return pa.table({"text": pa.array(texts, pa.string())})
 
 
-def _fixed_size_lists(batch: pa.Table) -> pa.Table:
-    """The embedding column as fixed-size lists of float32 (Ray's own tensor type needs Ray to read it)."""
-    vectors = np.asarray(batch.column("embedding").to_pylist(), dtype=np.float32)
-    column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
-    return batch.set_column(batch.schema.get_field_index("embedding"), "embedding", column)
+def _fixed_size_lists(batch: dict[str, np.ndarray]) -> pa.Table:
+    """The rows with their vectors as fixed-size lists of float32, as maskae embed writes them (Ray's own
+    tensor column would need Ray to read it back)."""
+    vectors = batch["embedding"]
+    return pa.table({
+        "text": pa.array(batch["text"], pa.string()),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1]),
+    })
 
 
 def _share(ray: ModuleType, num_workers: int) -> tuple[float, int]:
-    """The CPUs each actor reserves and the threads it runs: the cluster's CPUs split evenly (at most one
-    node's), and a fraction of a CPU when there are more workers than CPUs."""
+    """The CPUs each actor reserves and the threads it runs. The threads split the cluster's CPUs evenly (at
+    most one node's); the reservations leave one CPU to Ray's readers and writers, which would otherwise wait
+    forever for the actors to finish."""
     total = ray.cluster_resources().get("CPU", 1.0)
     largest = max((node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node["Alive"]), default=total)
-    share = min(total / num_workers, largest)
-    return (float(int(share)), int(share)) if share >= 1 else (share, 1)
+    threads = max(1, min(int(total // num_workers), int(largest)))
+    return min(threads, max(total - 1, 0) / num_workers), threads
 
 
 @contextmanager
 def _ray_data_settings(ray: ModuleType, progress: bool) -> Iterator[None]:
-    """Rows in input order, progress bars only if asked, and Ray Data's console logs at warnings and above,
-    for the length of one run (the user's own settings come back after it)."""
+    """For one run: rows in input order, progress bars only if asked, and Ray Data's console at warnings and
+    above (less Ray's notice that the bars are off); the caller's own settings come back after it."""
     context = ray.data.DataContext.get_current()
     saved = context.execution_options.preserve_order, context.enable_progress_bars
     context.execution_options.preserve_order, context.enable_progress_bars = True, progress
@@ -234,27 +255,33 @@ def _ray_data_settings(ray: ModuleType, progress: bool) -> Iterator[None]:
     levels = [handler.level for handler in consoles]
     for handler in consoles:
         handler.setLevel(max(handler.level, logging.WARNING))
+        handler.addFilter(_no_bars_notice)
     try:
         yield
     finally:
         context.execution_options.preserve_order, context.enable_progress_bars = saved
-        for handler, level in zip(consoles, levels):
+        for handler, level in zip(consoles, levels, strict=True):
             handler.setLevel(level)
+            handler.removeFilter(_no_bars_notice)
+
+
+def _no_bars_notice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Progress bars disabled")
 
 
 def _user_error(error: BaseException) -> MaskAEError | None:
-    """The maskae error that an actor or task raised, out of the exceptions Ray wraps it in."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, MaskAEError):
-            return error
-        error = getattr(error, "cause", None) or error.__cause__ or error.__context__
-    return None
+    """The maskae error that an actor or task raised, rebuilt from the remote traceback in Ray's message (Ray
+    keeps only the text of an actor's failed `__init__`, and wraps a task's error in a UserCodeException)."""
+    raised = USER_ERROR.findall(str(error))
+    if not raised:
+        return None
+    name, message = raised[-1]
+    kind = getattr(errors, name, None)
+    return kind(message) if isinstance(kind, type) and issubclass(kind, MaskAEError) else None
 
 
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     else:
-        path.unlink()
+        path.unlink(missing_ok=True)

@@ -1,5 +1,5 @@
 """What `maskae embed` wrote, read back: the vectors in any of its formats (.npy, .parquet, a datasets
-directory) and the record beside them (`OUT.json`, or `maskae_embeddings.json` inside a directory) that
+directory, the Ray engine's directory of parquet files) and the record beside them (`OUT.json`, or `maskae_embeddings.json` inside a directory) that
 says which model, layer, pooling and precision made them, so that an index or a query can match them.
 """
 
@@ -71,7 +71,9 @@ def load_embeddings(output: str | Path, command: str = "this") -> StoredEmbeddin
     if output.suffix.lower() == ".npy":
         values = np.load(output, mmap_mode="r")
     else:
-        files = [output] if output.suffix.lower() == ".parquet" else sorted(output.glob("*.arrow"))
+        # a datasets directory (arrow files), or the parquet files of the Ray engine, named in input order
+        files = [output] if output.suffix.lower() == ".parquet" else sorted(output.glob("*.arrow")) or sorted(
+            output.glob("*.parquet"))
         values = np.concatenate([_column(file) for file in files]) if files else np.empty((0, quantizer.width))
     if values.shape != (record["rows"], quantizer.width):
         raise DataError(f"{str(output)!r} holds {values.shape[0]} x {values.shape[1]} values but its record says "
