@@ -202,3 +202,44 @@ def _embed_with_ray(args: argparse.Namespace, output: Path) -> int:
                               "settings": _settings(args, _pooling(args))})
     print(f"wrote {rows} embeddings to {output}")
     return 0
+
+
+def _embed(args: argparse.Namespace, output: Path) -> int:
+    from ..data.corpus import load_corpus
+    from ..embeddings.embedder import Embedder
+    from ..embeddings.ranks import current_ranks
+    from ..embeddings.writer import write_embeddings
+
+    pooling = _pooling(args)
+    ranks = current_ranks()
+    loaded: dict = {}
+
+    def load() -> None:
+        device = args.device or (f"cuda:{ranks.rank}" if ranks.world > 1 and _cuda() else None)
+        embedder = Embedder.from_pretrained(args.model, device=device, backend=args.backend, dtype=args.dtype)
+        embedder.check_request(args.layer, pooling, args.layer_combine, args.batch_size, args.whiten, args.dim)
+        loaded["embedder"] = embedder
+        loaded["corpus"] = load_corpus(args.input, args.text_column, streaming=True, split=args.split)
+
+    def embed(texts: list[str]):
+        return loaded["embedder"].embed(
+            texts, layer=args.layer, pooling=pooling, normalize=args.normalize, batch_size=args.batch_size,
+            max_length=args.max_length, layer_combine=args.layer_combine, whiten=args.whiten, dim=args.dim,
+        )
+
+    def chunks():
+        for batch in loaded["corpus"].iter(batch_size=args.chunk_size):
+            yield batch["text"]
+
+    rows = write_embeddings(embed, chunks(), output, _settings(args, pooling), resume=args.resume,
+                            overwrite=args.overwrite, progress=not args.quiet, before_start=load,
+                            precision=args.precision, ranks=ranks)
+    if ranks.is_main:
+        print(f"wrote {rows} embeddings to {output}")
+    return 0
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
