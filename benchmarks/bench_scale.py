@@ -4,7 +4,8 @@ one run on this host.
 Processes (--processes): `maskae embed` over the same corpus (SST-2 train sentences) with 1 and 2
 processes (`--num-processes`), and the Ray Data pipeline (`--engine ray`) with 1 and 2 actors, each a
 fresh command timed end to end (start-up included, reported apart as the time to embed 50 texts); texts/s
-and Ray's overhead against `maskae embed` at the same worker count.
+and Ray's overhead against `maskae embed` at the same worker count, end to end and past start-up (each
+time less its 50-text time).
 
 Precision (--precision): all-MiniLM-L6-v2 (last layer, and layer 3) on the STS-B test pairs, vectors stored
 as float32 / float16 / int8 / binary exactly as `maskae embed --precision` stores them (int8 ranges fitted
@@ -104,7 +105,11 @@ def bench_processes(args: argparse.Namespace, scratch: Path) -> dict:
         ray = rows[f"Ray Data, {workers} actor{'s' if workers > 1 else ''}"]
         own = rows[f"maskae embed, {workers} process{'es' if workers > 1 else ''}"]
         ray["overhead_vs_maskae"] = ray["seconds"] / own["seconds"] - 1
-        print(f"  Ray overhead at {workers} worker(s): {ray['overhead_vs_maskae']:+.1%} (goal <= +15%)")
+        # past start-up: the time beyond what 50 texts take, which a corpus 100x larger would amortise
+        steady = (ray["seconds"] - ray["start_up_seconds"]) / (own["seconds"] - own["start_up_seconds"]) - 1
+        ray["overhead_past_start_up"] = steady
+        print(f"  Ray overhead at {workers} worker(s): {ray['overhead_vs_maskae']:+.1%} end to end, {steady:+.1%} past "
+              "start-up (goal <= +15%)")
     return {"texts": len(texts), "model": "all-MiniLM-L6-v2, last layer", "rows": rows}
 
 
