@@ -5,9 +5,13 @@ text, `DataCollatorForLanguageModeling`, `torch.optim.AdamW`. maskae runs the sa
 2+2 with sparse prediction (the top layer and the MLM head run only at the targets), its vectorised
 collator, the fused loss, layers run 1024 tokens at a time (on CPU) and fused AdamW. Both run
 alternately in one process; peak memory is measured in separate processes, since a process's peak
-is shared. Ablation rows switch one maskae default off (or the optional compiled layers on).
-`--paired` compares maskae with each ablation step by step, which is steadier than the table on a
-host whose speed drifts.
+is shared. Ablation rows switch one maskae default off (or the optional compiled layers on); the
+dropout rows put it on the hidden states, the attention probabilities or both, so that its cost is
+read off the same run. On a CPU with a bf16 unit (AMX, AVX-512 BF16, ARM BF16) or a GPU, bf16 rows run
+both ways under autocast; elsewhere the table says why they are missing. The host's CPU model and ISA
+are printed, the matmul peak is measured for each dtype that runs, and each row's MFU is against the
+peak of its own dtype. `--paired` compares maskae with each ablation step by step, which is steadier
+than the table on a host whose speed drifts.
 
 The end-to-end part trains for the same wall-clock budget with `maskae train`'s Trainer and with
 transformers' `Trainer` + `DataCollatorForLanguageModeling`, on the same packed WikiText-2 blocks,
@@ -39,6 +43,7 @@ from transformers import (
 import maskae
 from maskae.data.collator import DataCollatorForDenoising
 from maskae.data.noise_config import NoiseConfig
+from maskae.training.dropout import use_fast_dropout
 
 REPO = Path(__file__).resolve().parents[1]
 WIKITEXT = REPO.parent / "shared" / "data" / "wikitext2" / "train.txt"
@@ -64,24 +69,29 @@ def blocks(tokenizer, n_blocks: int) -> list[dict]:
     return [{"input_ids": ids[i * SEQ:(i + 1) * SEQ]} for i in range(n_blocks)]
 
 
-def bert_config(vocab_size: int, dropout: float = 0.1) -> BertConfig:
+def bert_config(vocab_size: int, dropout: float = 0.1, attention_dropout: float | None = None) -> BertConfig:
     return BertConfig(vocab_size=vocab_size, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
                       intermediate_size=1024, max_position_embeddings=SEQ, hidden_dropout_prob=dropout,
-                      attention_probs_dropout_prob=dropout)
+                      attention_probs_dropout_prob=dropout if attention_dropout is None else attention_dropout)
 
 
 # Each maskae variant: MaskAEConfig switches (plus dropout and compiled layers). The first is maskae's
 # default for pretraining (no dropout, as Cramming and ModernBERT pretrain); the others switch one
 # default off, or the optional torch.compile on.
-DEFAULTS = dict(dropout=0.0, sparse_prediction=True, fused_loss=True, layer_chunk_tokens=None, compiled=False)
+DEFAULTS = dict(dropout=0.0, attention_dropout=None, sparse_prediction=True, fused_loss=True,
+                layer_chunk_tokens=None, compiled=False, fast_dropout=True)
 VARIANTS = {
     "maskae": {},
     "maskae, compiled layers": dict(compiled=True),
     "maskae, unchunked layers": dict(layer_chunk_tokens=0),
     "maskae, unfused loss": dict(fused_loss=False),
     "maskae, dropout 0.1": dict(dropout=0.1),
+    "maskae, hidden dropout": dict(dropout=0.1, attention_dropout=0.0),
+    "maskae, attention dropout": dict(dropout=0.0, attention_dropout=0.1),
+    "maskae, dropout 0.1, stock": dict(dropout=0.1, fast_dropout=False),
     "maskae, dense head": dict(sparse_prediction=False, fused_loss=False),
 }
+BF16_WAYS = ("hf", "maskae", "maskae, dropout 0.1")  # run again under bf16 autocast where the hardware has bf16
 
 
 def switches(way: str) -> dict:
@@ -98,9 +108,13 @@ def build(way: str, tokenizer, device: torch.device):
     else:
         config_switches = switches(way)
         dropout, compiled = config_switches.pop("dropout"), config_switches.pop("compiled")
-        config = maskae.MaskAEConfig(base_config=bert_config(len(tokenizer), dropout), split_layer=2,
-                                     **config_switches)
+        attention_dropout = config_switches.pop("attention_dropout")
+        fast_dropout = config_switches.pop("fast_dropout")
+        config = maskae.MaskAEConfig(base_config=bert_config(len(tokenizer), dropout, attention_dropout),
+                                     split_layer=2, **config_switches)
         model = maskae.MaskAEForMaskedLM(config).to(device)
+        if fast_dropout and device.type == "cpu":  # as maskae train does on a CPU
+            use_fast_dropout(model)
         if compiled:
             model.compile_layers()
         collator = DataCollatorForDenoising(tokenizer, noise=NoiseConfig(mask_prob=0.15), seed=0)
@@ -181,53 +195,91 @@ def measure_memory(way: str) -> float:
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
 
 
+def bf16_runs(device: torch.device) -> tuple[bool, str]:
+    """Whether the bf16 rows run here, and why not where they do not."""
+    if device.type != "cpu":
+        return True, ""
+    from maskae.utils.host import has_bf16_unit
+
+    if has_bf16_unit():
+        return True, ""
+    return False, "bf16 rows skipped: this CPU has no bf16 unit (AMX, AVX-512 BF16 or ARM BF16), where autocast " \
+                  "would emulate bf16 slower than fp32"
+
+
 def step_benchmark(device: torch.device, dtype: torch.dtype | None, steps: int, rounds: int, memory: bool) -> None:
-    """Alternate the ways round by round in one process, so that machine noise hits them alike."""
+    """Alternate the ways round by round in one process, so that machine noise hits them alike. On a CPU
+    the fp32 ways run, then (with a bf16 unit) the BF16_WAYS again under bf16 autocast; on a GPU every way
+    runs at `dtype`."""
+    from maskae.utils.host import describe_host
+
     tokenizer = tokenizer_30k()
     data = blocks(tokenizer, BATCH * steps)
-    ways = {way: build(way, tokenizer, device) for way in ["hf", *VARIANTS]}
+    runs = [(way, dtype) for way in ["hf", *VARIANTS]]
+    with_bf16, why_not = bf16_runs(device)
+    if device.type == "cpu" and with_bf16:
+        runs += [(way, torch.bfloat16) for way in BF16_WAYS]
+    ways = {_label(way, run_dtype): (build(way, tokenizer, device), way, run_dtype) for way, run_dtype in runs}
     batches = [data[i * BATCH:(i + 1) * BATCH] for i in range(steps)]
-    times = {way: [] for way in ways}
-    peaks = {way: [] for way in ways}
-    peak = MatmulPeak(device, dtype or torch.float32)
-    for parts in ways.values():  # warm-up (and compilation)
-        step(*parts, batches[0], device, dtype)
-        step(*parts, batches[1 % steps], device, dtype)
+    times = {label: [] for label in ways}
+    peaks = {label: [] for label in ways}
+    meters = {run_dtype: MatmulPeak(device, run_dtype or torch.float32) for _, run_dtype in runs}
+    for parts, _, run_dtype in ways.values():  # warm-up (and compilation)
+        step(*parts, batches[0], device, run_dtype)
+        step(*parts, batches[1 % steps], device, run_dtype)
     for _ in range(rounds):
-        for way, parts in ways.items():
+        for label, (parts, _, run_dtype) in ways.items():
             for features in batches:
-                # The peak is measured right before each timed step, so that each step's MFU compares
-                # like with like on a machine whose speed drifts (shared CPUs); the median is reported.
-                peaks[way].append(peak.measure())
+                # The peak of the step's own dtype is measured right before each timed step, so that each
+                # step's MFU compares like with like on a machine whose speed drifts (shared CPUs).
+                peaks[label].append(meters[run_dtype].measure())
                 synchronize(device)
                 start = time.perf_counter()
-                step(*parts, features, device, dtype)
+                step(*parts, features, device, run_dtype)
                 synchronize(device)
-                times[way].append(time.perf_counter() - start)
-    collator = ways["maskae"][1]
+                times[label].append(time.perf_counter() - start)
+    collator = ways["maskae" if dtype is None else _label("maskae", dtype)][0][1]
     targets = sum(int((collator(f)["labels"] != -100).sum()) for f in batches) / steps
     config = bert_config(len(tokenizer))
     n = rounds * steps
-    precision = "fp32" if dtype is None else str(dtype).removeprefix("torch.")
-    print(f"\n## One training step on {device.type} ({precision}): 4 layers, hidden 256, FFN 1024, "
-          f"vocab {len(tokenizer)}, batch {BATCH} x {SEQ} tokens, {rounds} rounds of {steps} steps per way")
-    threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
-    all_peaks = sorted(p for way_peaks in peaks.values() for p in way_peaks)
-    print(f"torch {torch.__version__}{threads}; matmul peak {statistics.median(all_peaks) / 1e9:.1f} GFLOP/s "
-          f"({precision}; median of {len(all_peaks)}, range {all_peaks[0] / 1e9:.1f}-{all_peaks[-1] / 1e9:.1f})")
-    print(f"{'way':24} {'tokens/s':>9} {'vs hf':>6} {'MFU':>6}   (MFU: median step; tokens/s: all steps)")
-    hf_tps = n * BATCH * SEQ / sum(times["hf"])
-    for way, elapsed in times.items():
+    print(f"\n## One training step on {device.type}: 4 layers, hidden 256, FFN 1024, vocab {len(tokenizer)}, "
+          f"batch {BATCH} x {SEQ} tokens, {rounds} rounds of {steps} steps per way")
+    print(f"host: {describe_host() if device.type == 'cpu' else torch.cuda.get_device_name()}; torch {torch.__version__}")
+    for run_dtype in meters:
+        values = sorted(p for label, (_, _, d) in ways.items() if d == run_dtype for p in peaks[label])
+        print(f"matmul peak {_precision(run_dtype)}: {statistics.median(values) / 1e9:.1f} GFLOP/s (median of "
+              f"{len(values)}, range {values[0] / 1e9:.1f}-{values[-1] / 1e9:.1f})")
+    if why_not:
+        print(why_not)
+    print(f"{'way':32} {'tokens/s':>9} {'vs hf':>6} {'MFU':>6}   (MFU against the peak of the row's dtype: median "
+          "step; tokens/s: all steps)")
+    hf_tps = n * BATCH * SEQ / sum(times[_label("hf", dtype)])
+    for label, (_, way, _) in ways.items():
         sparse = way != "hf" and switches(way)["sparse_prediction"]
         flops = step_flops(config, targets, sparse)
-        mfu = statistics.median(flops / t / p for t, p in zip(elapsed, peaks[way]))
-        tps = n * BATCH * SEQ / sum(elapsed)
-        print(f"{way:24} {tps:9.0f} {tps / hf_tps:5.2f}x {mfu:6.1%}")
+        mfu = statistics.median(flops / t / p for t, p in zip(times[label], peaks[label]))
+        tps = n * BATCH * SEQ / sum(times[label])
+        print(f"{label:32} {tps:9.0f} {tps / hf_tps:5.2f}x {mfu:6.1%}")
+    base = statistics.median(times[_label("maskae", dtype)])
+    for label in ("maskae, hidden dropout", "maskae, attention dropout", "maskae, dropout 0.1",
+                  "maskae, dropout 0.1, stock"):
+        label = _label(label, dtype)
+        if label in times:
+            print(f"cost of {label.removeprefix('maskae, ')}: {statistics.median(times[label]) / base - 1:+.1%} of "
+                  "maskae's step (median steps)")
     if memory:
         memory_mb = {way: measure_memory(way) for way in ("hf", "maskae")}
         print(f"peak memory above the resident size before training (separate processes): "
               f"hf {memory_mb['hf']:.0f} MB, maskae {memory_mb['maskae']:.0f} MB, "
               f"ratio {memory_mb['maskae'] / memory_mb['hf']:.2f}x")
+
+
+def _precision(dtype: torch.dtype | None) -> str:
+    return "fp32" if dtype is None or dtype == torch.float32 else str(dtype).removeprefix("torch.")
+
+
+def _label(way: str, dtype: torch.dtype | None) -> str:
+    return way if dtype is None else f"{way}, {_precision(dtype)}"
 
 
 def paired(steps: int) -> None:
