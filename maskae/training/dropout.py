@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import AttentionInterface
+from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import sdpa_mask
 
 ATTENTION = "maskae_fast_dropout"
 
@@ -72,19 +73,20 @@ def attention_with_fast_dropout(module: nn.Module, query: torch.Tensor, key: tor
 
 
 AttentionInterface.register(ATTENTION, attention_with_fast_dropout)
+AttentionMaskInterface.register(ATTENTION, sdpa_mask)  # the masks SDPA gets, so that p = 0 stays bit-exact
 
 
 def use_fast_dropout(model: nn.Module) -> int:
-    """Swap every `nn.Dropout` of `model` for `FastDropout` and route its SDPA attention through
-    `attention_with_fast_dropout`; returns how many dropout modules were swapped."""
+    """Swap every `nn.Dropout` of `model` for `FastDropout`, and route the SDPA attention of the layers whose
+    attention dropout is on through `attention_with_fast_dropout`; returns how many modules were swapped."""
     swapped = 0
     for parent in model.modules():
         for name, child in list(parent.named_children()):
             if type(child) is nn.Dropout:
                 setattr(parent, name, FastDropout(child.p, child.inplace))
                 swapped += 1
-    for module in model.modules():
-        config = getattr(module, "config", None)
-        if getattr(config, "_attn_implementation", None) == "sdpa":
+    for module in model.modules():  # attention modules: a config and a dropout of their own
+        config, dropout = getattr(module, "config", None), getattr(module, "dropout", None)
+        if isinstance(dropout, nn.Dropout) and dropout.p > 0 and getattr(config, "_attn_implementation", None) == "sdpa":
             config._attn_implementation = ATTENTION
     return swapped
