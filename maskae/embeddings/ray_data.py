@@ -125,8 +125,8 @@ def embed_with_ray(
 
     `input` is a .txt (one text per line), .jsonl/.json, .csv, .tsv or .parquet file, or a directory or glob
     of files of one of these types. Each actor embeds `chunk_size` texts at a time, on its share of the
-    cluster's CPUs. A local Ray is started unless `ray.init` was called (on a cluster, call
-    `ray.init(address=...)` first, and give paths that every node can read and write). The files go to
+    cluster's CPUs. A local Ray is started unless `ray.init` was called or RAY_ADDRESS names a running
+    cluster (on a cluster, give paths that every node can read and write). The files go to
     `output`.partial, renamed to `output` once complete; `overwrite` replaces an existing `output`, and
     `progress` shows Ray Data's progress bars. The other arguments are those of `maskae.embed`.
     """
@@ -147,7 +147,9 @@ def embed_with_ray(
     # Load the model here once, so that a wrong model, layer or pooling fails in one line before any actor starts
     # (an actor's failure comes back wrapped in Ray's own reports).
     RayEmbedder(**request)
-    if not ray.is_initialized():
+    if not ray.is_initialized() and os.environ.get("RAY_ADDRESS"):  # a running cluster (ray start, a Ray job)
+        ray.init(log_to_driver=False, logging_level=logging.WARNING)
+    elif not ray.is_initialized():
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     cpus, threads = _share(ray, num_workers)
     with _ray_data_settings(ray, progress):
