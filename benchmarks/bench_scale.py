@@ -177,7 +177,7 @@ def bench_index(args: argparse.Namespace, scratch: Path) -> dict:
             index = SearchIndex.load(out)
             if query_vectors is None:
                 query_vectors = maskae.embed(str(minilm_path()), queries, layer=3, max_length=128)
-            prepared = _prepared_queries(index, query_vectors)
+            prepared = index.prepare(query_vectors)
             _, found = index.index.search(prepared, 10)
             start = time.perf_counter()
             for row in prepared[:200]:
@@ -195,13 +195,6 @@ def bench_index(args: argparse.Namespace, scratch: Path) -> dict:
             print(f"  {precision:<8} {kind:<5} recall@10 {recall:.3f} (of float32 exact: {of_float:.3f})  build "
                   f"{build_seconds:6.1f} s  query {1000 * latency:6.2f} ms  {size / 2**20:7.1f} MB", flush=True)
     return results
-
-
-def _prepared_queries(index, vectors: np.ndarray) -> np.ndarray:
-    """Queries as `SearchIndex.embed` prepares them, from vectors embedded once for every index."""
-    if index.quantizer.precision == "binary":
-        return index.quantizer.compact(vectors)
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
 def main() -> None:

@@ -238,7 +238,7 @@ def step_benchmark(device: torch.device, dtype: torch.dtype | None, steps: int, 
                 step(*parts, features, device, run_dtype)
                 synchronize(device)
                 times[label].append(time.perf_counter() - start)
-    collator = ways["maskae" if dtype is None else _label("maskae", dtype)][0][1]
+    collator = ways[_label("maskae", dtype)][0][1]
     targets = sum(int((collator(f)["labels"] != -100).sum()) for f in batches) / steps
     config = bert_config(len(tokenizer))
     n = rounds * steps

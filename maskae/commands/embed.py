@@ -215,8 +215,8 @@ def _embed(args: argparse.Namespace, output: Path) -> int:
     loaded: dict = {}
 
     def load() -> None:
-        device = args.device or (f"cuda:{ranks.rank}" if ranks.world > 1 and _cuda() else None)
-        embedder = Embedder.from_pretrained(args.model, device=device, backend=args.backend, dtype=args.dtype)
+        embedder = Embedder.from_pretrained(args.model, device=args.device or ranks.device, backend=args.backend,
+                                            dtype=args.dtype)
         embedder.check_request(args.layer, pooling, args.layer_combine, args.batch_size, args.whiten, args.dim)
         loaded["embedder"] = embedder
         loaded["corpus"] = load_corpus(args.input, args.text_column, streaming=True, split=args.split)
@@ -238,8 +238,3 @@ def _embed(args: argparse.Namespace, output: Path) -> int:
         print(f"wrote {rows} embeddings to {output}")
     return 0
 
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()

@@ -34,6 +34,7 @@ class Ranks:
     rank: int = 0
     world: int = 1
     launched_here: bool = False  # started by launch_local, whose process prepares and joins
+    device: str | None = None  # this rank's own GPU under a launcher (None: the default device)
 
     @property
     def is_main(self) -> bool:
@@ -52,17 +53,19 @@ class Ranks:
 
 def current_ranks() -> Ranks:
     """The ranks set up by `accelerate launch`, torchrun or `launch_local` (one process when none is)."""
+    import torch
+
     if LOCAL_RANK in os.environ:
-        return Ranks(int(os.environ[LOCAL_RANK]), int(os.environ[LOCAL_WORLD]), launched_here=True)
+        rank = int(os.environ[LOCAL_RANK])
+        device = f"cuda:{rank % torch.cuda.device_count()}" if torch.cuda.is_available() else None
+        return Ranks(rank, int(os.environ[LOCAL_WORLD]), launched_here=True, device=device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Ranks()
     from accelerate import PartialState
 
-    import torch
-
     state = PartialState(cpu=not torch.cuda.is_available(), timeout=WAIT_LIMIT)
-    return Ranks(state.process_index, state.num_processes)
+    return Ranks(state.process_index, state.num_processes, device=str(state.device))
 
 
 def launch_local(argv: list[str], processes: int) -> int:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import DataError
@@ -83,8 +84,6 @@ def load_embeddings(output: str | Path, command: str = "this") -> StoredEmbeddin
 
 def _column(file: Path) -> np.ndarray:
     if file.suffix == ".arrow":
-        import pyarrow as pa
-
         with pa.memory_map(str(file)) as source:
             column = pa.ipc.open_stream(source).read_all().column("embedding")
     else:

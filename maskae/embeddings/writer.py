@@ -124,17 +124,12 @@ class ChunkWriter:
         """Join the `chunks` shards into the output at `precision`, record how it was made, and remove the
         parts (main rank, once every rank is done); returns the number of rows."""
         output = self.output
-        records = _read_records(self.parts / RECORDS)
-        for extra in sorted(self.parts.glob(RANK_RECORDS)):
-            records |= _read_records(extra)
+        records = _merged_records(self.parts)
         names = [_shard(self.parts, index).name for index in range(chunks)]
         missing = [str(index) for index, name in enumerate(names) if name not in records]
         if missing:
             raise StorageError(f"chunk(s) {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} of {chunks} "
                                "were not written (a process stopped early); rerun with --resume to embed them.")
-        _save_records(self.parts, RECORDS, {name: records[name] for name in names})
-        for extra in self.parts.glob(RANK_RECORDS):
-            extra.unlink()
         _remove(output)
         record_path(output).unlink(missing_ok=True)
         shards = [self.parts / name for name in names]
@@ -232,13 +227,23 @@ def _read_records(path: Path) -> dict[str, dict]:
         return {}
 
 
+def _merged_records(parts: Path) -> dict[str, dict]:
+    """Every rank's records in the one records file (saved before the ranks' files go), and returned."""
+    records = _read_records(parts / RECORDS)
+    extras = sorted(parts.glob(RANK_RECORDS))
+    for extra in extras:
+        records |= _read_records(extra)
+    if extras:
+        _save_records(parts, RECORDS, records)
+        for extra in extras:
+            extra.unlink()
+    return records
+
+
 def _intact_chunks(parts: Path) -> dict[str, dict]:
     """The records, from every rank's records file, of the shards that match them; a damaged or unrecorded
     shard is deleted (with a warning naming a damaged one) so that it is embedded again."""
-    records = _read_records(parts / RECORDS)
-    for extra in sorted(parts.glob(RANK_RECORDS)):
-        records |= _read_records(extra)
-        extra.unlink()
+    records = _merged_records(parts)
     intact: dict[str, dict] = {}
     for name in sorted(records):
         problem = damage(parts, {name: records[name]})
@@ -270,13 +275,6 @@ def _join_shards(parts: Path, output: Path, shards: list[Path], quantizer: Quant
     """Join the shards into OUTPUT at the quantizer's precision, one shard in memory at a time; returns the
     number of rows."""
     rows = sum(pq.ParquetFile(shard).metadata.num_rows for shard in shards)
-    if quantizer.precision != "float32":  # sentence vectors only (the command refuses per-token ones)
-        compacted = parts / "compacted"
-        compacted.mkdir(exist_ok=True)
-        for shard in shards:
-            table = pa.table({"embedding": _to_arrow(quantizer.compact(_vectors(shard)))})
-            pq.write_table(table, compacted / shard.name)
-        shards = [compacted / shard.name for shard in shards]
     if output.suffix.lower() == ".npy":
         # Header, then each shard's rows appended: a memory map would keep every written page resident.
         header = {"descr": np.lib.format.dtype_to_descr(quantizer.dtype), "fortran_order": False,
@@ -284,12 +282,21 @@ def _join_shards(parts: Path, output: Path, shards: list[Path], quantizer: Quant
         with output.open("wb") as handle:
             np.lib.format.write_array_header_1_0(handle, header)
             for shard in shards:
-                handle.write(_vectors(shard).astype(quantizer.dtype, copy=False).tobytes())
-    elif output.suffix.lower() == ".parquet":
-        with pq.ParquetWriter(output, pq.read_schema(shards[0])) as writer:
-            for shard in shards:
-                writer.write_table(pq.read_table(shard))
-    else:
-        dataset = Dataset.from_parquet([str(s) for s in shards], cache_dir=str(parts / "cache"))
-        dataset.save_to_disk(str(output))
+                handle.write(quantizer.compact(_vectors(shard)).tobytes())
+        return rows
+    tables = (pq.read_table(shard) if quantizer.precision == "float32" else  # per-token shards are float32
+              pa.table({"embedding": _to_arrow(quantizer.compact(_vectors(shard)))}) for shard in shards)
+    if output.suffix.lower() == ".parquet":
+        first = next(tables)
+        with pq.ParquetWriter(output, first.schema) as writer:
+            writer.write_table(first)
+            for table in tables:
+                writer.write_table(table)
+        return rows
+    if quantizer.precision != "float32":  # datasets reads files: the compacted shards are written first
+        (parts / "compacted").mkdir(exist_ok=True)
+        for shard, table in zip(shards, tables):
+            pq.write_table(table, parts / "compacted" / shard.name)
+        shards = [parts / "compacted" / shard.name for shard in shards]
+    Dataset.from_parquet([str(s) for s in shards], cache_dir=str(parts / "cache")).save_to_disk(str(output))
     return rows

@@ -136,10 +136,15 @@ def _new_index(faiss, quantizer: Quantizer, kind: str, rows: int):
 
 
 def _prepared(quantizer: Quantizer, values: np.ndarray) -> np.ndarray:
-    """What FAISS is given: packed bits for binary, else unit-length float32 rows (cosine)."""
+    """What FAISS is given of the stored vectors: packed bits for binary, else unit-length float32 rows."""
     if quantizer.precision == "binary":
         return np.ascontiguousarray(values, dtype=np.uint8)
-    vectors = np.ascontiguousarray(quantizer.restore(values), dtype=np.float32)
+    return _unit(quantizer.restore(values))
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    """Rows of length one, so that FAISS's inner product is the cosine."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
@@ -199,7 +204,7 @@ class SearchIndex:
         return cls(directory, model, device)
 
     def embed(self, queries: list[str]) -> np.ndarray:
-        """The queries as the corpus was embedded, then prepared as the corpus was for FAISS."""
+        """The queries as the corpus was embedded, then prepared for FAISS (`prepare`)."""
         from ..embeddings.embedder import Embedder
 
         s = self.settings
@@ -215,9 +220,12 @@ class SearchIndex:
                             f"{self.config['embedding']['model']}, but {s['model']} gives {vectors.shape[1]}-wide "
                             "ones; use the model that built the index (remove --model), or index vectors of "
                             "this model.")
-        if self.quantizer.precision == "binary":
-            return self.quantizer.compact(vectors)
-        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return self.prepare(vectors)
+
+    def prepare(self, vectors: np.ndarray) -> np.ndarray:
+        """Float query vectors as FAISS searches them here: their sign bits around the corpus's centre for
+        binary, else unit length (int8 queries stay float: asymmetric search)."""
+        return self.quantizer.compact(vectors) if self.quantizer.precision == "binary" else _unit(vectors)
 
     def search(self, queries: list[str] | str, k: int = 10) -> list[list[Hit]]:
         """The `k` nearest texts of each query, best first."""
