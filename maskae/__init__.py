@@ -41,7 +41,7 @@ _EXPORTS = {
     "export_graphs": "export.graphs",
     "save_for_hub": "export.hub",
     "save_sentence_transformer": "export.sentence_transformers",
-    "distill": "training.run",
+    "adapt": "training.run",
 }
 __all__ = list(_EXPORTS)
 
@@ -89,4 +89,4 @@ if TYPE_CHECKING:
         MaskAEModel,
         MaskAEPreTrainedModel,
     )
-    from .training.run import distill
+    from .training.run import adapt

@@ -174,13 +174,17 @@ class MaskAEPreTrainedModel(PreTrainedModel):
         bottleneck: str | None = None,
         bottleneck_dim: int | None = None,
         pooling: str = "mean",
+        decoder_init: str = "fresh",
         **kwargs,
     ) -> "MaskAEPreTrainedModel":
         """Split a stock checkpoint (local directory or Hub id) at `split_layer`, reusing its weights, as
         this class (a model that holds the encoder as `maskae`: MaskAEForMaskedLM, ...ForReplacedTokenDetection).
 
         A checkpoint without an MLM head (e.g. a sentence-transformers `BertModel`) gets a fresh
-        head tied to its word embeddings. Extra `kwargs` go to the `MaskAEConfig`.
+        head tied to its word embeddings. A decoder="transformer" starts fresh, or with `decoder_init=
+        "top_layers"` as a copy of the checkpoint's top `decoder_layers` layers (TSDAE's decoder starts
+        from the encoder's own weights). The names of the parameters that start fresh are kept in the
+        model's `fresh_keys`. Extra `kwargs` go to the `MaskAEConfig`.
         """
         try:
             stock_config = AutoConfig.from_pretrained(name_or_path)
@@ -204,7 +208,7 @@ class MaskAEPreTrainedModel(PreTrainedModel):
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         try:
-            stock = AutoModelForMaskedLM.from_pretrained(name_or_path)
+            stock, loading = AutoModelForMaskedLM.from_pretrained(name_or_path, output_loading_info=True)
         finally:
             hf_logging.set_verbosity(verbosity)
         config = MaskAEConfig(
@@ -217,18 +221,32 @@ class MaskAEPreTrainedModel(PreTrainedModel):
             pooling=pooling,
             **kwargs,
         )
+        if decoder_init not in ("fresh", "top_layers"):
+            raise ConfigError(f"unknown decoder_init {decoder_init!r}; use fresh or top_layers.")
+        copied_top = decoder == "transformer" and decoder_init == "top_layers"
+        if copied_top and config.decoder_layers > total:
+            raise ConfigError(f"decoder_init='top_layers' copies {config.decoder_layers} layers, but {name_or_path!r} "
+                              f"has {total}; choose decoder_layers <= {total}.")
         model = cls(config)
         kept = model.state_dict()
         state = {}
         for key, value in stock.state_dict().items():
             new_key = adapter.maskae_key(key, split_layer)
             if decoder == "transformer" and new_key and new_key.startswith("decoder."):
-                continue  # a transformer decoder starts fresh, not from the backbone's upper layers
+                if not copied_top:
+                    continue  # a transformer decoder starts fresh, not from the backbone's upper layers
+                new_key = adapter.maskae_key(key, total - config.decoder_layers)
+            if copied_top and new_key and not new_key.startswith("decoder."):
+                top = adapter.maskae_key(key, total - config.decoder_layers)
+                if top and top.startswith("decoder."):
+                    state[top] = value  # an encoder layer that is also one of the top layers
             if new_key in kept and kept[new_key].shape == value.shape:
                 state[new_key] = value
         missing, unexpected = model.load_state_dict(state, strict=False)
-        fresh = ("decoder.", "maskae.down.", "up.") if decoder == "transformer" else ("maskae.down.", "up.")
+        fresh = ("decoder.", "maskae.down.", "up.") if decoder == "transformer" and not copied_top else ("maskae.down.", "up.")
         fresh += cls._fresh_modules
+        fresh_in_stock = {adapter.maskae_key(key, split_layer) for key in loading["missing_keys"]}  # e.g. a missing head
+        model.fresh_keys = sorted({k for k in [*missing, *fresh_in_stock] if k in kept} - set(model.all_tied_weights_keys))
         not_loaded = [k for k in missing if not k.startswith(fresh) and k not in model.all_tied_weights_keys]
         if not_loaded:
             raise CheckpointError(

@@ -325,7 +325,7 @@ TABLE = [
         ("whiten", lambda ws, m: ["whiten", str(ws / m), "--corpus", str(ws / "corpus.txt")]),
         ("export", lambda ws, m: ["export", str(ws / m), "--out", str(ws / "g"), "--onnx"]),
         ("adapt", lambda ws, m: ["adapt", str(ws / m), "--corpus", str(ws / "corpus.txt"), "--out", str(ws / "a"),
-                                 "--layer", "1", "--steps", "1"]),
+                                 "--objective", "distill", "--layer", "1", "--steps", "1"]),
     )],
     *[Case(f"{name}: a model without its vocabulary", (lambda argv: lambda ws: argv(ws, "no-vocabulary"))(argv),
            "vocabulary files") for name, argv in (
@@ -333,7 +333,7 @@ TABLE = [
         ("whiten", lambda ws, m: ["whiten", str(ws / m), "--corpus", str(ws / "corpus.txt")]),
         ("export", lambda ws, m: ["export", str(ws / m), "--out", str(ws / "g"), "--sentence-transformers"]),
         ("adapt", lambda ws, m: ["adapt", str(ws / m), "--corpus", str(ws / "corpus.txt"), "--out", str(ws / "a"),
-                                 "--layer", "1", "--steps", "1"]),
+                                 "--objective", "distill", "--layer", "1", "--steps", "1"]),
     )],
     Case("evaluate: masked-LM figures of a sentence encoder", lambda ws: [
         "evaluate", str(ws / "sentence-encoder"), "--task", "mlm", "--data", str(ws / "corpus.txt")],
@@ -480,7 +480,7 @@ STOCK_COMMANDS = {  # command -> argv for a stock encoder directory M (not a mas
     "whiten": (lambda ws, m: ["whiten", m, "--corpus", str(ws / "corpus.txt"), "--dim", "4"], None),
     "plot": (lambda ws, m: ["plot", m, "--data", str(ws / "labels.tsv"), "--output", str(ws / "stock.png")], None),
     "adapt": (lambda ws, m: ["adapt", m, "--corpus", str(ws / "corpus.txt"), "--out", str(ws / "stock-run"),
-                             "--layer", "1", "--steps", "2"], None),
+                             "--objective", "distill", "--layer", "1", "--steps", "2"], None),
     "export": (lambda ws, m: ["export", m, "--out", str(ws / "stock-hub")], "not a maskae run"),
     "export --sentence-transformers": (lambda ws, m: ["export", m, "--out", str(ws / "stock-st"),
                                                       "--sentence-transformers", "--layer", "2"], None),

@@ -103,7 +103,7 @@ def test_early_layer_moves_towards_the_teacher(tiny_bert_dir, other_teacher, cor
 def test_static_student_is_a_pooled_table(tiny_bert_dir, other_teacher, corpus, tmp_path):
     run = tmp_path / "run"
     # the Python API of `maskae adapt`: the packaged adapt-static.yaml, with the test's sizes on top
-    results = maskae.distill(tiny_bert_dir, corpus, run, 0, steps=8, overrides=[
+    results = maskae.adapt(tiny_bert_dir, corpus, run, "distill", 0, steps=8, overrides=[
         "training.batch_size=16", "training.eval_steps=2", "training.eval_batch_size=8", f"distill.teacher={other_teacher}"])
     assert results["distilled_layer"] == 0 and results["speedup_vs_teacher"] > 0
     assert results["best_step"] > 0
@@ -169,7 +169,7 @@ def test_resume_is_exact_and_the_best_model_is_kept(tiny_bert_dir, corpus, tmp_p
     best = max(evaluations, key=lambda r: r["eval_teacher_cosine"])
     assert results["best_step"] == best["step"]
     assert results["best_teacher_cosine"] == pytest.approx(best["eval_teacher_cosine"])
-    encoder = load_file(reference / "best" / "encoder.safetensors")
+    encoder = load_file(reference / "best" / "model.safetensors")
     assert max_abs_diff({f"maskae.{k}": v for k, v in encoder.items()},
                         {k: v for k, v in weights(reference).items() if k.startswith("maskae.")}) == 0
 
@@ -189,7 +189,7 @@ def test_resume_after_sigkill_matches_the_uninterrupted_run(tiny_bert_dir, corpu
 
 
 def test_a_minutes_budget_stops_the_run(tiny_bert_dir, corpus, tmp_path):
-    results = maskae.distill(tiny_bert_dir, corpus, tmp_path / "run", 1, minutes=1e-6, overrides=[
+    results = maskae.adapt(tiny_bert_dir, corpus, tmp_path / "run", "distill", 1, minutes=1e-6, overrides=[
         "training.batch_size=16", "training.eval_batch_size=8"])
     assert results["step"] == 0 and results["best_step"] == 0  # spent before the first step: the start is kept
 
@@ -225,7 +225,7 @@ def test_bad_input_gets_one_line(tiny_bert_dir, corpus, tmp_path, capsys, case):
     elif case == "few sentences":
         text = tmp_path / "few.txt"
         text.write_text("w1 w2\nw3 w4\n")
-    status = main(["adapt", str(teacher), "--corpus", str(text), "--out", str(tmp_path / "run"), "--layer", layer,
+    status = main(["adapt", str(teacher), "--corpus", str(text), "--out", str(tmp_path / "run"), "--objective", "distill", "--layer", layer,
                    "--steps", "2"])
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2

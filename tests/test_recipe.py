@@ -105,7 +105,8 @@ def test_every_key_is_documented_in_help():
 @pytest.mark.parametrize("path", RECIPE_FILES, ids=lambda p: p.name)
 def test_recipe_files_load_and_comment_every_key(path):
     # an adapt recipe gets its model and text from `maskae adapt`'s arguments
-    given = ["model.backbone=m", "model.split_layer=1", "distill.corpus=[c.txt]"] if path.name.startswith("adapt-") else []
+    section = "adapt" if path.name in ("adapt-mlm.yaml", "adapt-tsdae.yaml") else "distill"
+    given = ["model.backbone=m", "model.split_layer=1", f"{section}.corpus=[c.txt]"] if path.name.startswith("adapt-") else []
     load_recipe(path, given)  # valid, no unknown keys
     for line in path.read_text().splitlines():
         if re.match(r"^\s+[a-z_0-9]+:", line):  # every key below the five section headers
@@ -125,10 +126,12 @@ def listed_keys(path) -> set[str]:
 
 
 def test_default_recipes_list_every_key():
-    """The tiny recipe lists every key of a training recipe; the adapt recipes every distill key."""
+    """The tiny recipe lists every key of a training recipe; the adapt recipes every key of their section."""
     keys = [key for key, _, _ in all_keys()]
-    assert not [key for key in keys if not key.startswith("distill.") and key not in listed_keys(RECIPES / "tiny-wikitext2.yaml")]
-    for name in ("adapt-distill.yaml", "adapt-static.yaml"):
-        missing = [key for key in keys if key.startswith("distill.") and key != "distill.corpus"
+    assert not [key for key in keys if not key.startswith(("distill.", "adapt."))
+                and key not in listed_keys(RECIPES / "tiny-wikitext2.yaml")]
+    for name, section in (("adapt-distill.yaml", "distill"), ("adapt-static.yaml", "distill"), ("adapt-mlm.yaml", "adapt"),
+                          ("adapt-tsdae.yaml", "adapt")):
+        missing = [key for key in keys if key.startswith(f"{section}.") and key != f"{section}.corpus"
                    and key not in listed_keys(RECIPES / name)]
         assert not missing, (name, missing)

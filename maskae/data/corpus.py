@@ -371,6 +371,27 @@ def sample_texts(texts: Iterable[str], max_texts: int | None, seed: int = 0) -> 
     return [texts[i] for i in keep]
 
 
+def distinct_sentences(sources: Iterable[str | Path], text_column: str = "text") -> list[str]:
+    """Every distinct non-blank line (a task tsv: sentence) of `sources`, in order of first appearance: the
+    unlabelled text that `maskae adapt` learns from."""
+    sources = [str(source) for source in sources]
+    texts = []
+    for source in sources:
+        texts.extend(corpus_texts(source, None, text_column))
+    texts = list(dict.fromkeys(texts))
+    if not texts:
+        raise DataError(f"{', '.join(sources)} holds no text to learn from; give a corpus with sentences.")
+    return texts
+
+
+def hold_out(texts: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """(kept, held out): a seeded random share of `texts`, each part in corpus order. Random, not the
+    last lines: corpora are often sorted (by source, genre, date)."""
+    order = np.random.default_rng(seed).permutation(len(texts))
+    cut = max(1, round(len(texts) * fraction))
+    return [texts[i] for i in sorted(order[cut:])], [texts[i] for i in sorted(order[:cut])]
+
+
 def build_corpus_folder(out: str | Path, sources: Iterable[str | Path]) -> tuple[int, int]:
     """Write a pretraining corpus folder: text corpora copied as they are, and the distinct sentences of
     task tsvs (their `corpus_texts`, labels dropped) in one file; returns (text files, task sentences).

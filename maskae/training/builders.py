@@ -72,7 +72,7 @@ def build_model(recipe: Recipe, tokenizer: PreTrainedTokenizerBase) -> MaskAEFor
         if split_layer is None:
             total = num_layers(AutoConfig.from_pretrained(args.backbone))
             split_layer = total if args.decoder == "linear" else total // 2
-        model = model_class.from_backbone(args.backbone, split_layer, **split, **extra)
+        model = model_class.from_backbone(args.backbone, split_layer, **split, decoder_init=args.decoder_init, **extra)
         if len(tokenizer) > model.config.vocab_size:
             raise TokenizerError(
                 f"the tokenizer has {len(tokenizer)} tokens but backbone {args.backbone!r} has only "

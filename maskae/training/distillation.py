@@ -10,38 +10,32 @@ models; K = depth starts at zero loss.
 The loop is `Trainer`'s (Accelerate, step-keyed batches, exact resume, atomic checkpoints, the run lock);
 what changes is the data (sentences and the cached teacher vectors of each, `teacher`), the loss, the
 label-free evaluation (cosine to the teacher on held-out sentences) and the kept model: the evaluation's
-best, saved in `best/` as training goes.
+best (`best.KeepsBest`).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate.utils import extract_model_from_parallel
 from datasets import Dataset
-from safetensors.torch import load_file, save_file
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from transformers import AutoConfig
 
 from ..configuration_maskae import num_layers
-from ..data.corpus import corpus_texts, sample_texts
+from ..data.corpus import distinct_sentences, hold_out, sample_texts
 from ..data.sampling import StepBatchSampler, TaggedRows
 from ..embeddings.embedder import Embedder
 from ..embeddings.inputs import check_vocabulary, pad_batch
 from ..errors import CheckpointError, ConfigError, DataError, TokenizerError
 from ..modeling_maskae import MaskAEForMaskedLM, MaskAEModel, pool
+from .best import KeepsBest
 from .builders import build_model, build_tokenizer
 from .teacher import teacher_embeddings, token_embeddings
 from .trainer import Trainer
-
-BEST_DIR = "best"
 
 
 def distillation_loss(
@@ -82,7 +76,7 @@ class DistillationCollator:
         return {"input_ids": input_ids, "attention_mask": attention_mask, "target": self.targets[index]}
 
 
-class DistillationTrainer(Trainer):
+class DistillationTrainer(KeepsBest, Trainer):
     """`Trainer` with the distillation objective; see the module docstring."""
 
     # ---- data
@@ -90,14 +84,11 @@ class DistillationTrainer(Trainer):
     def prepare_data(self) -> None:
         recipe, distill, accelerator = self.recipe, self.recipe.distill, self.accelerator
         self.check_depth()
-        texts = self._sentences(distill.corpus)
+        texts = distinct_sentences(distill.corpus, recipe.data.text_column)
         if recipe.data.validation is not None:
-            held_out = self._sentences([recipe.data.validation])
-        else:  # a seeded random share: corpora are often sorted (by source, genre, date)
-            order = np.random.default_rng(self.args.seed).permutation(len(texts))
-            cut = max(1, round(len(texts) * recipe.data.validation_fraction))
-            held_out = [texts[i] for i in sorted(order[:cut])]
-            texts = [texts[i] for i in sorted(order[cut:])]
+            held_out = distinct_sentences([recipe.data.validation], recipe.data.text_column)
+        else:
+            texts, held_out = hold_out(texts, recipe.data.validation_fraction, self.args.seed)
         held_out = sample_texts(held_out, distill.max_eval_texts, seed=self.args.seed)
         if len(texts) < self.args.batch_size:
             raise DataError(f"the corpus has {len(texts)} distinct training sentences, fewer than one batch "
@@ -145,16 +136,6 @@ class DistillationTrainer(Trainer):
         check_vocabulary(self.tokenizer, source)
         if self.tokenizer.pad_token_id is None:
             raise TokenizerError(f"the tokenizer of {source!r} has no padding token; set tokenizer.path to one that has.")
-
-    def _sentences(self, sources: list[str]) -> list[str]:
-        """Every distinct non-blank line (a task tsv: sentence) of `sources`, in order of first appearance."""
-        texts = []
-        for source in sources:
-            texts.extend(corpus_texts(source, None, self.recipe.data.text_column))
-        texts = list(dict.fromkeys(texts))
-        if not texts:
-            raise DataError(f"{', '.join(map(str, sources))} holds no text to distil on; give a corpus with sentences.")
-        return texts
 
     def _tokenize(self, texts: list[str]) -> list[list[int]]:
         return self.tokenizer(texts, truncation=True, max_length=self.recipe.distill.max_length,
@@ -257,8 +238,7 @@ class DistillationTrainer(Trainer):
         results = {"teacher_cosine": float(torch.cat(cosines).mean()),
                    "loss": float(sum(losses)) / len(self.eval_ids)}
         if results["teacher_cosine"] > self.best["teacher_cosine"]:
-            self.best = {"step": self.state.step, **results}
-            self.save_best()
+            self.keep(results)
         return {**results, "best_step": self.best["step"], "best_teacher_cosine": self.best["teacher_cosine"]}
 
     def on_train_start(self) -> None:
@@ -276,53 +256,10 @@ class DistillationTrainer(Trainer):
     def epoch(self) -> float:
         return self.state.step / (len(self.train_set) // self.args.batch_size)
 
-    def save_best(self) -> None:
-        """The encoder's weights and their evaluation, in `best/` (written beside it, then renamed)."""
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            partial = self._partial_best()
-            partial.mkdir(parents=True)
-            encoder = extract_model_from_parallel(self.model)
-            state = {key: value.detach().contiguous().cpu() for key, value in encoder.state_dict().items()}
-            save_file(state, partial / "encoder.safetensors")
-            (partial / "best.json").write_text(json.dumps(self.best, indent=2) + "\n")
-            self._publish_best(partial)
-        self.accelerator.wait_for_everyone()
-
-    def _partial_best(self) -> Path:
-        partial = self.output_dir / f"{BEST_DIR}.tmp"
-        shutil.rmtree(partial, ignore_errors=True)
-        return partial
-
-    def _publish_best(self, partial: Path) -> None:
-        """Rename a fully written `best.tmp` over `best/`."""
-        shutil.rmtree(self.output_dir / BEST_DIR, ignore_errors=True)
-        os.replace(partial, self.output_dir / BEST_DIR)
-
-    def add_to_checkpoint(self, partial: Path) -> None:
-        """The best model so far belongs to the resumable state: a resumed run continues with the best it
-        had at that step, not with a later one that a killed run left in `best/`."""
-        best = self.output_dir / BEST_DIR
-        if best.is_dir():
-            shutil.copytree(best, partial / BEST_DIR)
-
-    def restore_from_checkpoint(self, checkpoint: Path) -> None:
-        saved = checkpoint / BEST_DIR
-        if not saved.is_dir():
-            return
-        self.best = json.loads((saved / "best.json").read_text())
-        if self.accelerator.is_main_process:
-            partial = self._partial_best()
-            shutil.copytree(saved, partial)
-            self._publish_best(partial)
-        self.accelerator.wait_for_everyone()
-
     def save_final(self, results: dict[str, float]) -> None:
         """The best model by held-out cosine to the teacher (the whole split model, frozen decoder included)."""
         encoder: MaskAEModel = extract_model_from_parallel(self.model)
-        best = self.output_dir / BEST_DIR / "encoder.safetensors"
-        if best.is_file() and self.best["step"] != self.state.step:
-            encoder.load_state_dict(load_file(best))
+        if self.restore_best():
             results.update({k: v for k, v in self.best.items() if k != "step"})  # train() returns this dict
         results["distilled_layer"] = self.full_model.config.split_layer
         if self.accelerator.is_main_process:

@@ -51,6 +51,10 @@ class ModelArgs:
         choices=("layers", "linear", "transformer"),
     )
     decoder_layers: int | None = option(None, "decoder='transformer' only: number of fresh decoder layers")
+    decoder_init: str = option(
+        "fresh", "decoder='transformer' with a backbone only: start the decoder fresh, or as a copy of the "
+        "backbone's top decoder_layers layers (TSDAE)", choices=("fresh", "top_layers"),
+    )
     bottleneck: str | None = option(
         None, "optional waist between encoder and decoder: per-token projection or one pooled sentence vector",
         choices=(None, "projection", "sentence"),
@@ -301,6 +305,61 @@ class DistillArgs:
             raise ConfigError(f"distill.max_eval_texts={self.max_eval_texts} must be at least 1.")
 
 
+ADAPT_OBJECTIVES = ("mlm", "tsdae", "distill")  # `maskae adapt --objective`: the adapt section, or the distill one
+
+
+@dataclass
+class AdaptArgs:
+    corpus: list[str] = option(
+        None, "the unlabelled text to adapt to: task tsv files (their sentence columns), txt/jsonl/csv/parquet "
+        "files, globs, saved datasets or Hub ids; each distinct line is one training sentence", factory=list,
+    )
+    head_warmup_steps: int = option(
+        100, "first steps in which only the parts the checkpoint lacks train (a fresh MLM head, a fresh decoder), "
+        "the pretrained weights frozen; then everything trains"
+    )
+    head_lr: float = option(
+        5.0e-4, "learning rate of the parts the checkpoint lacks (the pretrained weights take training.lr)"
+    )
+    anchor_weight: float = option(
+        1.0, "weight of the anchor against forgetting: 1 - cosine between the pooled code and the frozen "
+        "original's on the same input, per sentence (0: off)"
+    )
+    l2_weight: float = option(
+        0.0, "weight of the squared distance of the encoder's weights from their starting values, summed (L2-SP; "
+        "0: off)"
+    )
+    freeze_embeddings: bool = option(False, "keep the embedding layer frozen")
+    freeze_layers: int = option(0, "keep the lowest N encoder layers frozen (with the embeddings, lower layers hold "
+                                   "most of what transfers)")
+    pooling: str = option("mean", "how the code becomes a sentence embedding for the anchor and the label-free "
+                          "signal (embed with the same pooling)", choices=("mean", "cls"))
+    min_original_cosine: float = option(
+        0.9, "the kept model is the evaluation with the lowest held-out reconstruction loss among those whose "
+        "embeddings keep at least this mean cosine to the original's (step 0 always qualifies)"
+    )
+    max_minutes: float | None = option(
+        None, "stop after this many minutes of training (a step boundary); empty: training.max_steps bounds the run"
+    )
+    max_eval_texts: int = option(1000, "held-out sentences for the label-free signal")
+
+    def __post_init__(self) -> None:
+        for key in ("head_warmup_steps", "freeze_layers"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"adapt.{key}={getattr(self, key)} must be 0 or more.")
+        for key in ("anchor_weight", "l2_weight"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"adapt.{key}={getattr(self, key)} must be 0 or more (0 turns it off).")
+        if self.head_lr <= 0:
+            raise ConfigError(f"adapt.head_lr={self.head_lr} must be positive, e.g. 5e-4.")
+        if not -1 <= self.min_original_cosine <= 1:
+            raise ConfigError(f"adapt.min_original_cosine={self.min_original_cosine} must lie in [-1, 1].")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ConfigError(f"adapt.max_minutes={self.max_minutes} must be positive, or empty.")
+        if self.max_eval_texts < 2:
+            raise ConfigError(f"adapt.max_eval_texts={self.max_eval_texts} must be at least 2.")
+
+
 @dataclass
 class Recipe:
     model: ModelArgs = option(None, "what to train", factory=ModelArgs)
@@ -312,6 +371,10 @@ class Recipe:
     distill: DistillArgs | None = option(
         None, "optional: distil the teacher's sentence embedding into the first model.split_layer layers instead of "
         "denoising (what `maskae adapt --objective distill` runs)"
+    )
+    adapt: AdaptArgs | None = option(
+        None, "optional: continue denoising an existing encoder on the user's unlabelled text, with an anchor "
+        "against forgetting and a label-free choice of the kept step (what `maskae adapt --objective mlm|tsdae` runs)"
     )
 
     def to_dict(self) -> dict:
@@ -525,6 +588,8 @@ def validate(recipe: Recipe) -> None:
                           "whole stack); leave growth.stages empty or use objective mlm.")
     if recipe.distill is not None:
         validate_distillation(recipe)
+    if recipe.adapt is not None:
+        validate_adaptation(recipe)
     if model.backbone is None and recipe.tokenizer.path is None and recipe.tokenizer.train is None:
         raise ConfigError(
             "a from-scratch model needs a tokenizer: set tokenizer.path, or tokenizer.train (e.g. "
@@ -545,6 +610,22 @@ def validate_distillation(recipe: Recipe) -> None:
                           "model.bottleneck and growth.stages empty, and model.objective=mlm.")
     if not distill.corpus:
         raise ConfigError("distillation needs unlabelled text; give distill.corpus (maskae adapt --corpus PATH).")
+
+
+def validate_adaptation(recipe: Recipe) -> None:
+    """An adaptation recipe starts from a stock checkpoint, reconstructs masked tokens, and has text to adapt to."""
+    model, adapt = recipe.model, recipe.adapt
+    if recipe.distill is not None:
+        raise ConfigError("a recipe adapts by denoising (adapt) or by distillation (distill), not both; remove one section.")
+    if model.backbone is None:
+        raise ConfigError("adaptation starts from an existing encoder; set model.backbone (the MODEL of maskae adapt).")
+    if model.objective != "mlm" or recipe.growth.stages:
+        raise ConfigError("adaptation reconstructs masked tokens at a fixed depth; set model.objective=mlm and leave "
+                          "growth.stages empty.")
+    if not adapt.corpus:
+        raise ConfigError("adaptation needs unlabelled text; give adapt.corpus (maskae adapt --corpus PATH).")
+    if recipe.data.streaming:
+        raise ConfigError("adaptation reads its sentences up front; set data.streaming=false.")
 
 
 def format_keys() -> str:

@@ -36,6 +36,7 @@ from accelerate.utils import ProjectConfiguration, gather_object, set_seed
 from accelerate.utils import (
     load as load_tensors,  # torch.load, weights_only=True, numpy RNG states allowed
 )
+from datasets import Dataset
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
@@ -179,8 +180,9 @@ class Trainer:
     def prepare_data(self) -> None:
         """Tokenizer, tokenized training and held-out sets, the collator and the fixed noised held-out batches."""
         args, accelerator = self.args, self.accelerator
-        train_text, eval_text = load_texts(self.recipe)
+        train_text, eval_text = self.texts()
         self.tokenizer = build_tokenizer(self.recipe, self.output_dir, accelerator)
+        self.check_tokenizer()
         with accelerator.main_process_first():
             if train_text is not None:
                 self.train_set = tokenize(self.recipe, train_text, self.tokenizer, self.recipe.data.max_train_blocks)
@@ -195,6 +197,17 @@ class Trainer:
         self.collator = DataCollatorForDenoising(self.tokenizer, noise=self.recipe.noise, seed=args.seed)
         self.eval_batches = self._noised_eval_batches()
 
+    def texts(self) -> tuple[Dataset | None, Dataset]:
+        """(training, held-out) text as the recipe's data section gives it; override to read other text."""
+        return load_texts(self.recipe)
+
+    def check_tokenizer(self) -> None:
+        """Refuse a tokenizer the objective cannot use before anything is tokenized (any is fine here)."""
+
+    def learning_rates(self, model: torch.nn.Module) -> dict[str, float]:
+        """Parameter name -> learning rate, for parameters that differ from training.lr (none here)."""
+        return {}
+
     def prepare_model(self, model: torch.nn.Module) -> None:
         """Compile or checkpoint as asked, build the optimizer and scheduler, and hand them to Accelerate."""
         args, accelerator = self.args, self.accelerator
@@ -204,7 +217,7 @@ class Trainer:
             model.compile_layers()
         if args.gradient_checkpointing:
             model.gradient_checkpointing_enable()
-        optimizer = build_optimizer(model, accelerator.device, **args.optimizer_settings())
+        optimizer = build_optimizer(model, accelerator.device, lrs=self.learning_rates(model), **args.optimizer_settings())
         scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.warmup_steps,
                                   num_training_steps=args.max_steps)
         self.model, self.optimizer, self.scheduler = accelerator.prepare(model, optimizer, scheduler)
@@ -418,6 +431,7 @@ class Trainer:
                               "tokens_per_s": window_tokens / max(elapsed, 1e-9), "grad_norm": outcome["grad_norm"],
                               "targets": outcome["targets"], "epoch": self.epoch(),
                               "data_wait_s": round(window_wait, 4)}
+                    record.update({k: v for k, v in outcome.items() if k not in ("loss", "grad_norm", "targets", "tokens")})
                     progress.set_postfix(loss=f"{loss:.3f}", lr=f"{record['lr']:.2e}",
                                          data_wait=f"{window_wait / max(elapsed, 1e-9):.0%}")
                     self._log("log.jsonl", record)
