@@ -59,9 +59,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="unlabelled text: task tsv files (their sentence columns), .txt/.jsonl/.csv/.parquet "
                         "files, globs, saved datasets or Hub ids")
     parser.add_argument("--out", required=True, type=Path, metavar="RUN", help="output directory of the run")
-    parser.add_argument("--objective", choices=ADAPT_OBJECTIVES, default="mlm",
-                        help="mlm (continued masking), tsdae (deletion and a sentence bottleneck) or distill "
-                        "(default: mlm)")
+    parser.add_argument("--objective", choices=ADAPT_OBJECTIVES, default="distill",
+                        help="distill (layer K learns the model's own embedding; needs --layer), mlm (continued "
+                        "masking) or tsdae (deletion and a sentence bottleneck) (default: distill)")
     parser.add_argument("--layer", type=int, metavar="K",
                         help="the code is layer K (0 = the embedding layer alone); distill needs it, mlm and tsdae "
                         "default to the last layer")

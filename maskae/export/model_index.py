@@ -20,6 +20,8 @@ KNOWN_METRICS = {
     "probe_accuracy": ("text-classification", "accuracy", "Linear-probe accuracy"),
     "teacher_cosine": ("feature-extraction", "cosine", "Cosine to the teacher's sentence embedding (held-out text)"),
     "speedup_vs_teacher": ("feature-extraction", "speedup", "Embedding speed, x the teacher's (same CPU, same text)"),
+    "original_cosine": ("feature-extraction", "cosine", "Cosine to the original model's sentence embedding (held-out text)"),
+    "isotropy": ("feature-extraction", "isotropy", "Isotropy of the sentence embeddings (held-out text; 1 = every direction used)"),
 }
 
 

@@ -67,7 +67,7 @@ def adapt(
     model: str | Path,
     corpus: str | Path | Sequence[str | Path],
     output_dir: str | Path,
-    objective: str = "mlm",
+    objective: str = "distill",
     layer: int | None = None,
     *,
     minutes: float | None = None,
@@ -85,7 +85,8 @@ def adapt(
     if objective not in ADAPT_OBJECTIVES:
         raise ConfigError(f"unknown objective {objective!r}; use one of {', '.join(ADAPT_OBJECTIVES)}.")
     if objective == "distill" and layer is None:
-        raise ConfigError("distillation needs the student's depth; pass --layer K (0 = the embedding layer alone).")
+        raise ConfigError("distillation needs the student's depth; pass --layer K (0 = the embedding layer alone), or "
+                          "--objective mlm or tsdae to adapt the whole model.")
     if layer is not None and layer < 0:
         raise ConfigError(f"layer {layer} is negative; give the encoder's depth K >= 0 (0 = the embedding layer alone).")
     if minutes is not None and minutes <= 0 or steps is not None and steps < 1:
