@@ -127,7 +127,7 @@ def test_resume_is_exact(tiny_bert_dir, corpus, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["no mask token", "decoder deeper than the model", "layer too deep",
-                                  "distill without a layer", "unknown objective"])
+                                  "replaced-token detection", "distill without a layer", "unknown objective"])
 def test_bad_input_gets_one_line(tiny_bert_dir, corpus, tmp_path, capsys, case):
     model, extra = tiny_bert_dir, ["--objective", "mlm"]
     if case == "no mask token":
@@ -138,6 +138,8 @@ def test_bad_input_gets_one_line(tiny_bert_dir, corpus, tmp_path, capsys, case):
         extra = ["--objective", "tsdae", "--set", "model.decoder_layers=5"]
     elif case == "layer too deep":
         extra = ["--objective", "mlm", "--layer", "5"]
+    elif case == "replaced-token detection":
+        extra = ["--objective", "mlm", "--set", "model.objective=rtd"]
     elif case == "distill without a layer":
         extra = []  # distill is the default objective
     argv = ["adapt", str(model), "--corpus", str(corpus), "--out", str(tmp_path / "run"), "--steps", "2", *extra]
@@ -152,5 +154,6 @@ def test_bad_input_gets_one_line(tiny_bert_dir, corpus, tmp_path, capsys, case):
     assert status == 2
     assert len(err) == 1 and err[0].startswith("maskae adapt: error: "), err
     expected = {"no mask token": "no mask token", "decoder deeper than the model": "has 4",
-                "layer too deep": "out of range", "distill without a layer": "--layer K"}[case]
+                "layer too deep": "out of range", "replaced-token detection": "model.objective=mlm",
+                "distill without a layer": "--layer K"}[case]
     assert expected in err[0]
