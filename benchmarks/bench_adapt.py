@@ -361,12 +361,13 @@ def goal(rows: dict, gaps: dict, low: int) -> dict:
         passed, failed, missing = [], [], []
         for task in TASKS:
             d = gaps[task][objective]
-            if None in d.values():
+            checks = [(d["frozen"], GOAL_FROZEN), (d[f"finetune_{low}"], GOAL_FINETUNE), (d["control"], GOAL_CONTROL)]
+            if any(delta is not None and delta < bar for delta, bar in checks):
+                failed.append(task)  # one figure short decides it, whatever the missing ones will be
+            elif any(delta is None for delta, _ in checks):
                 missing.append(task)
-            elif d["frozen"] >= GOAL_FROZEN and d[f"finetune_{low}"] >= GOAL_FINETUNE and d["control"] >= GOAL_CONTROL:
-                passed.append(task)
             else:
-                failed.append(task)
+                passed.append(task)
         status = ("met" if len(passed) >= GOAL_TASKS else "missed" if len(passed) + len(missing) < GOAL_TASKS
                   else "undecided")
         found[objective] = {"status": status, "passed": passed, "failed": failed, "missing": missing}
