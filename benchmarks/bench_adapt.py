@@ -23,7 +23,7 @@ control no more than 1 point lower.
 
 An adapted run is runs/bench-adapt/<task>-<objective>, what
 `maskae adapt MINILM --corpus ../shared/data/<task>/train.tsv --out runs/bench-adapt/<task>-<objective>
---objective <objective> --steps 300` writes (runs/bench-adapt/run.sh makes them all); one not there yet is
+--objective <objective> --steps 300` writes; one not there yet is
 trained here, with the same settings (another --adapt-steps N: into <task>-<objective>-stepsN). Each figure
 is computed once and kept as one JSON file per task, system and part, named by its settings (`--cache`),
 so the table is built a part at a time and reprinted from the cache; the table and `--json` show every
