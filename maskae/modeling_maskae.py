@@ -231,17 +231,14 @@ class MaskAEPreTrainedModel(PreTrainedModel):
         kept = model.state_dict()
         state = {}
         for key, value in stock.state_dict().items():
-            new_key = adapter.maskae_key(key, split_layer)
-            if decoder == "transformer" and new_key and new_key.startswith("decoder."):
-                if not copied_top:
-                    continue  # a transformer decoder starts fresh, not from the backbone's upper layers
-                new_key = adapter.maskae_key(key, total - config.decoder_layers)
-            if copied_top and new_key and not new_key.startswith("decoder."):
-                top = adapter.maskae_key(key, total - config.decoder_layers)
-                if top and top.startswith("decoder."):
-                    state[top] = value  # an encoder layer that is also one of the top layers
-            if new_key in kept and kept[new_key].shape == value.shape:
-                state[new_key] = value
+            targets = [adapter.maskae_key(key, split_layer)]
+            if decoder == "transformer":  # not the backbone's upper layers: fresh, or a copy of its top ones
+                targets = [t for t in targets if not (t or "").startswith("decoder.")]
+                if copied_top:
+                    targets.append(adapter.maskae_key(key, total - config.decoder_layers))
+            for new_key in targets:
+                if new_key in kept and kept[new_key].shape == value.shape:
+                    state[new_key] = value
         missing, unexpected = model.load_state_dict(state, strict=False)
         fresh = ("decoder.", "maskae.down.", "up.") if decoder == "transformer" and not copied_top else ("maskae.down.", "up.")
         fresh += cls._fresh_modules

@@ -31,7 +31,7 @@ from torch.nn import functional as F
 from ..data.corpus import distinct_sentences, hold_out, sample_texts
 from ..embeddings.inputs import pad_batch
 from ..errors import ConfigError, DataError, TokenizerError
-from ..modeling_maskae import IGNORE_INDEX, MaskAEForMaskedLM, MaskAEModel, pool
+from ..modeling_maskae import MaskAEForMaskedLM, MaskAEModel, pool
 from .best import KeepsBest
 from .trainer import Trainer
 
@@ -152,58 +152,36 @@ class AdaptationTrainer(KeepsBest, Trainer):
         pairs = [(p, start[name]) for name, p in self.encoder.named_parameters() if p.requires_grad]
         return sum(((p.float() - p0.float()) ** 2).sum() for p, p0 in pairs)
 
+    def prepare_model(self, model: MaskAEForMaskedLM) -> None:
+        """`Trainer.prepare_model`, then the optimizer groups of the pretrained weights, which the head
+        warm-up holds still."""
+        super().prepare_model(model)
+        fresh = {id(p) for name, p in model.named_parameters() if name in self.fresh}
+        self.pretrained_groups = [group for group in self.optimizer.param_groups
+                                  if not any(id(p) in fresh for p in group["params"])]
+
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float | None]:
-        """One optimizer step of the reconstruction loss plus the anchors; logs each. While the head warms
-        up, the pretrained weights' learning rate is 0: Accelerate and DDP see the same parameters at every
-        step, and the optimizer's moments start from real gradients."""
-        accelerator, model, adapt = self.accelerator, self.model, self.recipe.adapt
-        warming = self.state.step < adapt.head_warmup_steps and bool(self.fresh)
-        fresh = {id(p) for name, p in extract_model_from_parallel(model).named_parameters() if name in self.fresh}
-        for group in self.optimizer.param_groups:
-            if warming and not any(id(p) in fresh for p in group["params"]):
+        """`Trainer.training_step` with the anchors (`extra_losses`). While the head warms up, the pretrained
+        weights' learning rate is 0: Accelerate and DDP see the same parameters at every step, and the
+        optimizer's moments start from real gradients."""
+        warming = self.state.step < self.recipe.adapt.head_warmup_steps and bool(self.fresh)
+        if warming:
+            for group in self.pretrained_groups:
                 group["lr"] = 0.0  # the scheduler sets it again from its base at its next step
-        local = torch.stack([(batch["labels"] != IGNORE_INDEX).sum(), batch["attention_mask"].sum()])
-        num_targets, num_tokens = (int(n) for n in accelerator.reduce(local.to(accelerator.device), reduction="sum"))
-        # As in Trainer.training_step: the reconstruction loss is the global batch's mean over its targets;
-        # the anchors are means over sentences, each micro-batch weighted by its share of the rows.
-        scale = accelerator.num_processes * self.args.gradient_accumulation_steps / max(num_targets, 1)
-        rows = self.args.batch_size // accelerator.num_processes
-        sums = {"loss": 0.0, "anchor": 0.0, "l2": 0.0}
-        grad_norm = None
-        for micro in self.micro_batches(batch):
-            with accelerator.accumulate(model):
-                output = model(**micro)
-                summed = output.loss * max(int((micro["labels"] != IGNORE_INDEX).sum()), 1)
-                share = len(micro["input_ids"]) / rows
-                total = summed * scale
-                if adapt.anchor_weight:
-                    with torch.no_grad():
-                        target = self.original(input_ids=micro["input_ids"], attention_mask=micro["attention_mask"]).code
-                    mask = micro["attention_mask"]
-                    anchor = anchor_loss(self.pooled(output.code, mask), self.pooled(target, mask))
-                    total = total + adapt.anchor_weight * anchor * share * self.args.gradient_accumulation_steps
-                    sums["anchor"] += float(anchor.detach()) * share
-                if adapt.l2_weight:
-                    l2 = self.distance_from_start()
-                    total = total + adapt.l2_weight * l2 * share * self.args.gradient_accumulation_steps
-                    sums["l2"] += float(l2.detach()) * share
-                accelerator.backward(total)
-                sums["loss"] += float(summed.detach())
-                if accelerator.sync_gradients and self.args.max_grad_norm is not None:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), self.args.max_grad_norm)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-        if not accelerator.optimizer_step_was_skipped:
-            self.scheduler.step()
-        figures = accelerator.reduce(torch.tensor([sums["loss"], sums["anchor"], sums["l2"]], device=accelerator.device),
-                                     reduction="sum").tolist()
-        outcome = {"loss": figures[0] / max(num_targets, 1), "grad_norm": None if grad_norm is None else float(grad_norm),
-                   "targets": num_targets, "tokens": num_tokens, "head_only": warming}
+        return {**super().training_step(batch), "head_only": warming}
+
+    def extra_losses(self, micro: dict[str, torch.Tensor], output: object) -> dict[str, tuple[float, torch.Tensor]]:
+        """The anchors that are on: 1 - cosine to the frozen original's pooled code on the same input, and
+        the squared distance from the starting weights."""
+        adapt, terms = self.recipe.adapt, {}
         if adapt.anchor_weight:
-            outcome["anchor"] = figures[1] / accelerator.num_processes
+            mask = micro["attention_mask"]
+            with torch.no_grad():
+                target = self.original(input_ids=micro["input_ids"], attention_mask=mask).code
+            terms["anchor"] = adapt.anchor_weight, anchor_loss(self.pooled(output.code, mask), self.pooled(target, mask))
         if adapt.l2_weight:
-            outcome["l2"] = figures[2] / accelerator.num_processes
-        return outcome
+            terms["l2"] = adapt.l2_weight, self.distance_from_start()
+        return terms
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:

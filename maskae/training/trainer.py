@@ -360,20 +360,31 @@ class Trainer:
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float | None]:
         """One optimizer step on this process's rows of a global batch; returns the global batch's mean loss
-        over its targets, the gradient norm before clipping, and the global numbers of targets and tokens."""
+        over its targets, the gradient norm before clipping, the global numbers of targets and tokens, and
+        the global batch's mean of each `extra_losses` term."""
         accelerator, model = self.accelerator, self.model
         local = torch.stack([(batch["labels"] != IGNORE_INDEX).sum(), batch["attention_mask"].sum()])
         num_targets, num_tokens = (int(n) for n in accelerator.reduce(local.to(accelerator.device), reduction="sum"))
         # Each rank's summed loss over the global target count; Accelerate divides by the accumulation
         # steps and DDP averages over ranks, hence the factor: the gradient is that of the global mean.
         scale = accelerator.num_processes * self.args.gradient_accumulation_steps / max(num_targets, 1)
+        rows = self.args.batch_size // accelerator.num_processes
         loss_sum = torch.zeros((), device=accelerator.device)
+        extras: dict[str, float] = {}
         grad_norm = None
         for micro in self.micro_batches(batch):
             with accelerator.accumulate(model):
                 # The model's loss is the mean over this micro-batch's targets (0 when it has none).
-                summed = model(**micro).loss * max(int((micro["labels"] != IGNORE_INDEX).sum()), 1)
-                accelerator.backward(summed * scale)
+                output = model(**micro)
+                summed = output.loss * max(int((micro["labels"] != IGNORE_INDEX).sum()), 1)
+                total = summed * scale
+                # Extra terms are means over this micro-batch's rows, weighted by its share of this
+                # process's rows; DDP's average over ranks makes them the global batch's mean.
+                share = len(micro["input_ids"]) / rows
+                for name, (weight, term) in self.extra_losses(micro, output).items():
+                    total = total + weight * term * share * self.args.gradient_accumulation_steps
+                    extras[name] = extras.get(name, 0.0) + float(term.detach()) * share
+                accelerator.backward(total)
                 loss_sum += summed.detach()
                 if accelerator.sync_gradients and self.args.max_grad_norm is not None:
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), self.args.max_grad_norm)
@@ -382,8 +393,17 @@ class Trainer:
         if not accelerator.optimizer_step_was_skipped:
             self.scheduler.step()
         loss = accelerator.reduce(loss_sum, reduction="sum").item() / max(num_targets, 1)
-        return {"loss": loss, "grad_norm": None if grad_norm is None else float(grad_norm), "targets": num_targets,
-                "tokens": num_tokens}
+        outcome = {"loss": loss, "grad_norm": None if grad_norm is None else float(grad_norm), "targets": num_targets,
+                   "tokens": num_tokens}
+        if extras:
+            means = accelerator.reduce(torch.tensor(list(extras.values()), device=accelerator.device), reduction="mean")
+            outcome.update(zip(extras, means.tolist()))
+        return outcome
+
+    def extra_losses(self, micro: dict[str, torch.Tensor], output: object) -> dict[str, tuple[float, torch.Tensor]]:
+        """Terms added to the reconstruction loss, as name -> (weight, mean over the micro-batch's rows); each
+        is logged unweighted (none here; adaptation adds its anchors)."""
+        return {}
 
     def evaluate(self) -> dict[str, float]:
         """Masked accuracy, masked loss, perplexity and pseudo-perplexity on the held-out set."""
