@@ -43,6 +43,7 @@ from transformers import (
 import maskae
 from maskae.data.collator import DataCollatorForDenoising
 from maskae.data.noise_config import NoiseConfig
+from maskae.training.cpu_attention import use_cpu_attention
 from maskae.training.dropout import use_fast_dropout
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,6 +116,7 @@ def build(way: str, tokenizer, device: torch.device):
         model = maskae.MaskAEForMaskedLM(config).to(device)
         if fast_dropout and device.type == "cpu":  # as maskae train does on a CPU
             use_fast_dropout(model)
+            use_cpu_attention(model)
         if compiled:
             model.compile_layers()
         collator = DataCollatorForDenoising(tokenizer, noise=NoiseConfig(mask_prob=0.15), seed=0)

@@ -12,6 +12,11 @@ Logits are kept as [vocab, chunk], so that the sums over the vocabulary are chea
 and every step runs a block of vocabulary rows at a time: a matmul with a short inner dimension
 (the hidden size) and a tall output ran at ~60% of the CPU's matmul peak as one call and at ~95% in
 blocks of 512 rows, and the exp, the scaling and both gradient matmuls then find the block in cache.
+
+Under bf16 autocast (`compute_dtype=torch.bfloat16`) the three matmuls take bf16 operands while the
+logits buffer, the exp, the sums, the loss and every gradient accumulator stay fp32: the bf16 unit
+does the FLOPs, and the [targets, vocab] logits are never cast, stored or log-softmaxed in bf16 (the
+unfused way under autocast spent more time on those than on its matmuls).
 """
 
 from __future__ import annotations
@@ -29,9 +34,13 @@ VOCAB_BLOCK = 512
 
 def _project(weight: torch.Tensor, bias: torch.Tensor | None, chunk: torch.Tensor, logits: torch.Tensor,
              start: int, block: int) -> torch.Tensor:
-    """Vocabulary rows start:start+block of the [vocab, chunk] logits, written into `logits`."""
+    """Vocabulary rows start:start+block of the [vocab, chunk] logits, written into `logits` (fp32 even
+    when `weight` and `chunk` are bf16 copies: then the product is cast into the buffer)."""
     rows = logits[start:start + block]
-    torch.mm(weight[start:start + block], chunk.t(), out=rows)
+    if weight.dtype == rows.dtype:
+        torch.mm(weight[start:start + block], chunk.t(), out=rows)
+    else:
+        rows.copy_(torch.mm(weight[start:start + block], chunk.t()))
     if bias is not None:
         rows.add_(bias[start:start + block].unsqueeze(1))
     return rows
@@ -63,29 +72,35 @@ class LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                labels: torch.Tensor, chunk_rows: int, vocab_block: int) -> torch.Tensor:
+                labels: torch.Tensor, chunk_rows: int, vocab_block: int,
+                compute_dtype: torch.dtype | None) -> torch.Tensor:
         rows, vocab = hidden.shape[0], weight.shape[0]
-        grad_hidden = torch.zeros_like(hidden)
+        accumulate = torch.float32 if compute_dtype is not None else hidden.dtype
+        # The matmuls' operands: the weights and rows themselves, or their bf16 copies (made once).
+        weight_mm = weight if compute_dtype is None else weight.to(compute_dtype)
+        hidden_mm = hidden if compute_dtype is None else hidden.to(compute_dtype)
+        grad_hidden = torch.zeros_like(hidden, dtype=accumulate)
         grad_weight = torch.zeros_like(weight) if rows == 0 else torch.empty_like(weight)
         grad_bias = None if bias is None else torch.zeros_like(bias)
         loss = hidden.new_zeros((), dtype=torch.float32)
         # One logits buffer for all chunks: fresh pages for each would cost as much as the softmax.
-        buffer = hidden.new_empty(vocab * min(chunk_rows, rows))
+        buffer = hidden.new_empty(vocab * min(chunk_rows, rows), dtype=accumulate)
         for start in range(0, rows, chunk_rows):
-            chunk = hidden[start:start + chunk_rows]
+            chunk = hidden_mm[start:start + chunk_rows]
             targets = labels[start:start + chunk_rows]
             columns = torch.arange(chunk.shape[0], device=hidden.device)
             logits = buffer[: vocab * chunk.shape[0]].view(vocab, chunk.shape[0])
-            picked = (chunk * weight[targets]).sum(dim=1)
+            # the picked logit from the same operands as the matmul's (exact bf16 products, fp32 sum)
+            picked = (chunk.to(accumulate) * weight_mm[targets].to(accumulate)).sum(dim=1)
             if bias is not None:
                 picked += bias[targets]
             # exp without the usual max shift (a pass fewer over the chunk); if a logit is beyond fp32's
             # exp range the sum shows it, and the chunk is redone with the shift.
             shift = None
-            total = _exp_logits(weight, bias, chunk, logits, vocab_block)
+            total = _exp_logits(weight_mm, bias, chunk, logits, vocab_block)
             if not bool((torch.isfinite(total) & (total > 0)).all()):
-                shift = _logits_max(weight, bias, chunk, logits, vocab_block)
-                total = _exp_logits(weight, bias, chunk, logits, vocab_block, shift)
+                shift = _logits_max(weight_mm, bias, chunk, logits, vocab_block)
+                total = _exp_logits(weight_mm, bias, chunk, logits, vocab_block, shift)
             loss += ((0 if shift is None else shift) + total.log() - picked).sum(dtype=torch.float32)
             # d(summed loss)/d(logits) = softmax - one_hot(targets): the one-hot is taken off before the
             # scaling, (e - total) / total, as precise as e / total - 1. (Folding the scaling and the
@@ -96,13 +111,23 @@ class LinearCrossEntropy(torch.autograd.Function):
             grad_rows = grad_hidden[start:start + chunk_rows]
             for first in range(0, vocab, vocab_block):
                 grad = logits[first:first + vocab_block].mul_(scale)
-                if start == 0:
-                    torch.mm(grad, chunk, out=grad_weight[first:first + vocab_block])
-                else:
-                    grad_weight[first:first + vocab_block].addmm_(grad, chunk)
-                grad_rows.addmm_(grad.t(), weight[first:first + vocab_block])
                 if grad_bias is not None:
                     grad_bias[first:first + vocab_block] += grad.sum(dim=1)
+                if compute_dtype is None:
+                    if start == 0:
+                        torch.mm(grad, chunk, out=grad_weight[first:first + vocab_block])
+                    else:
+                        grad_weight[first:first + vocab_block].addmm_(grad, chunk)
+                    grad_rows.addmm_(grad.t(), weight[first:first + vocab_block])
+                    continue
+                grad = grad.to(compute_dtype)  # bf16 products, summed into the fp32 gradients
+                block_grad = torch.mm(grad, chunk)
+                if start == 0:
+                    grad_weight[first:first + vocab_block].copy_(block_grad)
+                else:
+                    grad_weight[first:first + vocab_block].add_(block_grad)
+                grad_rows.add_(torch.mm(grad.t(), weight_mm[first:first + vocab_block]))
+        grad_hidden = grad_hidden.to(hidden.dtype)
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         ctx.used = False
         return loss
@@ -115,17 +140,19 @@ class LinearCrossEntropy(torch.autograd.Function):
         ctx.used = True
         # Scaled in place: the saved gradients are not needed again, and no 30k x dim copy is allocated.
         grads = [None if g is None else g.mul_(grad_loss) for g in ctx.saved_tensors]
-        return grads[0], grads[1], grads[2], None, None, None
+        return grads[0], grads[1], grads[2], None, None, None, None
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                          labels: torch.Tensor, chunk_rows: int | None = None,
-                         vocab_block: int = VOCAB_BLOCK) -> torch.Tensor:
+                         vocab_block: int = VOCAB_BLOCK, compute_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Summed cross-entropy over rows of `hidden` [n, dim] projected by `weight` [vocab, dim] (+ `bias`);
     equal to `F.cross_entropy(F.linear(hidden, weight, bias), labels, reduction="sum")`, gradients included.
-    Every label must be a real class (no ignore index): pass only the target rows."""
+    Every label must be a real class (no ignore index): pass only the target rows. `compute_dtype`
+    (bf16) runs the matmuls on copies of that dtype and everything else in fp32; autocast is off inside."""
     if chunk_rows is None:
         chunk_rows = max(MIN_CHUNK_ROWS, CHUNK_ELEMENTS // weight.shape[0])
     chunks = max(1, -(-hidden.shape[0] // chunk_rows))
     chunk_rows = max(1, -(-hidden.shape[0] // chunks))  # equal chunks: a thin last one would run far from peak
-    return LinearCrossEntropy.apply(hidden, weight, bias, labels, chunk_rows, vocab_block)
+    with torch.autocast(hidden.device.type, enabled=False):
+        return LinearCrossEntropy.apply(hidden, weight, bias, labels, chunk_rows, vocab_block, compute_dtype)

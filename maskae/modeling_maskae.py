@@ -423,7 +423,10 @@ class MaskAEForMaskedLM(MaskAEPreTrainedModel):
         loss = logits = None
         if sparse and self._fused_loss_applies(hidden):
             projection = self.get_output_embeddings()
-            summed = linear_cross_entropy(self.head.features(hidden), projection.weight, projection.bias, labels)
+            device = hidden.device.type
+            compute_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+            summed = linear_cross_entropy(self.head.features(hidden), projection.weight, projection.bias, labels,
+                                          compute_dtype=compute_dtype)
             loss = summed / max(labels.numel(), 1)
         else:
             logits = self.head(hidden)
@@ -438,13 +441,17 @@ class MaskAEForMaskedLM(MaskAEPreTrainedModel):
         return output if return_dict is not False else output.to_tuple()
 
     def _fused_loss_applies(self, hidden: torch.Tensor) -> bool:
-        """The fused loss computes gradients as it goes, in fp32: only for a training step."""
+        """The fused loss computes gradients as it goes, in fp32: only for a training step, with fp32 weights,
+        and under autocast only bf16 on a CPU (the one autocast its bf16 matmul path was measured on)."""
+        device = hidden.device.type
+        autocast = torch.is_autocast_enabled(device)
         return (
             self.config.fused_loss
             and self.training
             and torch.is_grad_enabled()
-            and hidden.dtype == torch.float32
-            and not torch.is_autocast_enabled(hidden.device.type)
+            and self.get_output_embeddings().weight.dtype == torch.float32
+            and (not autocast and hidden.dtype == torch.float32
+                 or autocast and device == "cpu" and torch.get_autocast_dtype(device) == torch.bfloat16)
         )
 
 

@@ -11,7 +11,8 @@ from conftest import tiny_stock
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from maskae import MaskAEForMaskedLM
-from maskae.training.dropout import ATTENTION, FastDropout, attention_with_fast_dropout, fast_dropout, use_fast_dropout
+from maskae.training.cpu_attention import ATTENTION, cpu_training_attention, use_cpu_attention
+from maskae.training.dropout import FastDropout, fast_dropout, use_fast_dropout
 
 
 def test_drops_p_keeps_the_expectation_and_masks_the_gradient():
@@ -42,8 +43,25 @@ def test_attention_equals_sdpa_when_nothing_is_dropped():
     module.is_causal = False
     expected, _ = sdpa_attention_forward(module, q, k, v, mask, dropout=0.0, scaling=0.3)
     # p = 1e-6 rounds to 0 / 65536: the dropout path runs, keeps every weight and scales by exactly 1
-    got, _ = attention_with_fast_dropout(module, q, k, v, mask, dropout=1e-6, scaling=0.3)
+    got, _ = cpu_training_attention(module, q, k, v, mask, dropout=1e-6, scaling=0.3)
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+
+
+def test_bf16_attention_runs_in_fp32_on_a_cpu_without_amx_and_in_bf16_with_it(monkeypatch):
+    from maskae.utils import host
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 9, 8).to(torch.bfloat16) for _ in range(3))
+    module = torch.nn.Module()
+    module.is_causal = False
+    in_fp32, _ = sdpa_attention_forward(module, q.float(), k.float(), v.float(), None, dropout=0.0)
+    in_bf16, _ = sdpa_attention_forward(module, q, k, v, None, dropout=0.0)
+    assert not torch.equal(in_fp32.to(torch.bfloat16), in_bf16)  # the two ways tell apart
+    for amx, expected in ((False, in_fp32.to(torch.bfloat16)), (True, in_bf16)):
+        monkeypatch.setattr(host, "has_amx", lambda amx=amx: amx)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got, _ = cpu_training_attention(module, q, k, v, None, dropout=0.0)
+        assert got.dtype == torch.bfloat16 and torch.equal(got, expected)
 
 
 def test_a_model_with_fast_dropout_trains_reproducibly_and_saves_as_before(tmp_path):
@@ -51,7 +69,7 @@ def test_a_model_with_fast_dropout_trains_reproducibly_and_saves_as_before(tmp_p
     losses = []
     for run in range(2):
         model = MaskAEForMaskedLM.from_backbone(str(tmp_path / "stock"), 2).train()
-        assert use_fast_dropout(model) > 0
+        assert use_fast_dropout(model) > 0 and use_cpu_attention(model) > 0
         assert any(getattr(m, "config", None) is not None and m.config._attn_implementation == ATTENTION
                    for m in model.modules())
         torch.manual_seed(1)

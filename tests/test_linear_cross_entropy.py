@@ -89,3 +89,37 @@ def test_each_family_fuses_to_the_same_loss_and_gradients(stock_dir, batch):
     assert fused_grads.keys() == plain_grads.keys()
     for name, grad in fused_grads.items():
         torch.testing.assert_close(grad, plain_grads[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("hidden_dtype", [torch.float32, torch.bfloat16])
+def test_bf16_matmuls_with_fp32_sums_match_the_rounded_operands(hidden_dtype):
+    """compute_dtype=bf16: the matmuls see bf16 copies, the loss and gradients are fp32 sums. The reference
+    is the exact computation on the same bf16-rounded operands; what remains is the logits' bf16 rounding."""
+    g = torch.Generator().manual_seed(2)
+    hidden = torch.randn(90, 32, generator=g).to(hidden_dtype).requires_grad_()
+    weight, bias = (torch.randn(301, 32, generator=g) * 0.3).requires_grad_(), torch.randn(301, generator=g).requires_grad_()
+    labels = torch.randint(0, 301, (90,), generator=g)
+    loss = linear_cross_entropy(hidden, weight, bias, labels, chunk_rows=40, vocab_block=64,
+                                compute_dtype=torch.bfloat16)
+    loss.backward()
+    assert loss.dtype == weight.grad.dtype == bias.grad.dtype == torch.float32 and hidden.grad.dtype == hidden_dtype
+    leaves = [hidden.detach().to(torch.bfloat16).float().requires_grad_(),
+              weight.detach().to(torch.bfloat16).float().requires_grad_(), bias.detach().clone().requires_grad_()]
+    reference = F.cross_entropy(F.linear(*leaves), labels, reduction="sum")
+    reference.backward()
+    torch.testing.assert_close(loss, reference, rtol=2e-3, atol=0)
+    for ours, theirs in zip((hidden.grad, weight.grad, bias.grad), (leaf.grad for leaf in leaves)):
+        assert (ours.float() - theirs).norm() < 1e-2 * theirs.norm()
+
+
+def test_the_model_takes_the_fused_loss_under_cpu_bf16_autocast(stock_dir, batch):
+    _, path, _ = stock_dir
+    ids, mask = batch
+    labels = torch.full_like(ids, -100)
+    labels[0, 2], labels[1, 1] = ids[0, 2], ids[1, 1]
+    model = MaskAEForMaskedLM.from_backbone(path, split_layer=2, sparse_prediction=True).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(ids, mask, labels=labels)
+    out.loss.backward()
+    assert out.logits is None and out.loss.dtype == torch.float32  # fused: no logits were made
+    assert model.get_output_embeddings().weight.grad.dtype == torch.float32

@@ -68,6 +68,7 @@ from .builders import (
     train_source,
     whitening_texts,
 )
+from .cpu_attention import use_cpu_attention
 from .dropout import use_fast_dropout
 from .logs import read_log
 from .optimization import build_optimizer
@@ -211,8 +212,9 @@ class Trainer:
     def prepare_model(self, model: torch.nn.Module) -> None:
         """Compile or checkpoint as asked, build the optimizer and scheduler, and hand them to Accelerate."""
         args, accelerator = self.args, self.accelerator
-        if accelerator.device.type == "cpu":  # PyTorch's CPU dropout costs a sixth of a step (training/dropout.py)
+        if accelerator.device.type == "cpu":  # PyTorch's CPU dropout, and its bf16 attention, are slow there
             use_fast_dropout(model)
+            use_cpu_attention(model)
         if args.compile:
             model.compile_layers()
         if args.gradient_checkpointing:

@@ -46,6 +46,11 @@ def has_bf16_unit() -> bool:
     return bool(flags & {"amx_bf16", "avx512_bf16", "bf16"})
 
 
+def has_amx() -> bool:
+    """Intel's AMX tile unit (bf16 matmuls ~6x fp32's), which some bf16 kernels need to beat fp32."""
+    return "amx_bf16" in cpu_flags()
+
+
 def bf16_unit_or_warn(what: str) -> bool:
     """Whether bf16 pays on this CPU; where it does not, one warning that `what` runs in fp32 instead."""
     if has_bf16_unit():
