@@ -250,6 +250,22 @@ def test_plot_command(tiny_model, shared_data, tmp_path, capsys):
 # ---------------------------------------------------------------- the real reference
 
 
+def test_cli_sts_in_bf16_follows_fp32(tiny_model, shared_data, capsys, monkeypatch):
+    """--dtype bf16 embeds under bf16 autocast (forced on here: autocast runs on any CPU, if slowly) and
+    says so; on a tiny model the figure stays close to fp32's without being the same computation."""
+    from maskae.utils import host
+
+    monkeypatch.setattr(host, "has_bf16_unit", lambda: True)
+    data = shared_data / "stsb" / "test.tsv"
+    figures = {}
+    for dtype in ("fp32", "bf16"):
+        code, result, _ = run_cli(capsys, "evaluate", tiny_model, "--task", "sts", "--data", data, "--limit", 200,
+                                  "--dtype", dtype, "--json")
+        assert code == 0 and result["dtype"] == dtype
+        figures[dtype] = result["spearman_x100"]
+    assert figures["bf16"] != figures["fp32"] and figures["bf16"] == pytest.approx(figures["fp32"], abs=2)
+
+
 def test_minilm_sts_matches_sentence_transformers(minilm_path, shared_data):
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.evaluation import EmbeddingSimilarityEvaluator

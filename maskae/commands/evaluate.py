@@ -8,7 +8,7 @@ import json
 import textwrap
 from pathlib import Path
 
-from ..embeddings.choices import SENTENCE_POOLINGS
+from ..embeddings.choices import DTYPES, SENTENCE_POOLINGS
 from ..errors import ConfigError
 from ..evaluation.schedule import describe_hyperparameters
 from ..evaluation.tasks import GLUE_TASKS, task_files
@@ -112,6 +112,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--save", type=Path, metavar="DIR", help="finetune, glue: keep the fine-tuned classifier here")
     parser.add_argument("--limit", type=positive_int, help="only the first N evaluation rows (quick checks)")
     parser.add_argument("--batch-size", type=positive_int, default=32, help="sentences per forward pass (default: 32)")
+    parser.add_argument("--dtype", choices=DTYPES, default=None,
+                        help="sts, probe, layers, mteb: bf16 embeds with bf16 matmuls where the CPU has a bf16 unit "
+                        "(AMX, AVX-512 BF16, ARM BF16) or on a GPU, fp32 elsewhere (default: fp32)")
     parser.add_argument("--max-length", type=int, help="truncate sentences to this many tokens (default: the model's limit)")
     parser.add_argument("--block-size", type=positive_int, default=128, help="mlm: tokens per block (default: 128)")
     parser.add_argument("--pseudo-blocks", type=int, default=4, help="mlm: blocks scored for pseudo-perplexity (default: 4)")
@@ -139,6 +142,9 @@ def run(args: argparse.Namespace) -> int:
     if args.data is None:
         raise ConfigError(f"--task {args.task} needs --data; pass the file or folder it scores (see maskae evaluate --help).")
     args.pooling = args.pooling or "mean"  # only an exported graph, under mteb, has a pooling of its own
+    if args.dtype is not None and args.task in ("finetune", "glue", "mlm"):
+        raise ConfigError(f"--dtype applies to the embedding tasks (sts, probe, layers, mteb), not {args.task}; "
+                          "remove it, or pass one of those tasks.")
     if args.task in ("finetune", "glue"):
         return report(fine_tune(args), args)
     if args.task == "mlm":
@@ -173,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
         result = evaluate_sts(model, layer=args.layer, whiten=whiten, **data, **common)
     else:
         result = evaluate_probe(model, layer=args.layer, whiten=whiten, **data, **common)
+    result["dtype"] = model.dtype
     return report(result, args)
 
 
@@ -207,26 +214,28 @@ def run_mteb(args: argparse.Namespace) -> dict:
                           "(maskae whiten); drop it.")
     names = [name.strip() for name in args.tasks.split(",") if name.strip()]
     scores = evaluate_mteb(args.model, names, layer=args.layer, pooling=args.pooling, batch_size=args.batch_size,
-                           output_folder=args.output)
+                           dtype=args.dtype, output_folder=args.output)
     return MtebResult({"task": "mteb", "layer": args.layer, "pooling": args.pooling, "main_scores": scores,
                        "output": None if args.output is None else str(args.output)})
 
 
 def fitted_whitening(args: argparse.Namespace):
-    """(model, whiten) for the sts / probe runners: with --whiten, the loaded model and a whitening
-    fitted on that corpus at --layer and --pooling; else the model path and True (a stored one)."""
+    """(embedder, whiten) for the sts / probe runners, loaded at --dtype: with --whiten, a whitening fitted
+    on that corpus at --layer and --pooling; else True (a stored one)."""
+    from ..evaluation.frozen import load_embedder
+
     if args.whiten is None:
         if args.whiten_dim is not None:
             raise ConfigError("--whiten-dim needs --whiten CORPUS to fit the whitening on.")
-        return args.model, True
+        return load_embedder(args.model, args.dtype), True
     if args.task not in ("sts", "probe"):
         raise ConfigError(f"--whiten applies to --task sts or probe, not {args.task}; drop it or change the task.")
     from ..data.corpus import corpus_texts
-    from ..embeddings.embedder import Embedder, fit_whitening
+    from ..embeddings.embedder import fit_whitening
     from ..embeddings.whitening import DEFAULT_MAX_TEXTS
 
     texts = corpus_texts(args.whiten, DEFAULT_MAX_TEXTS)
-    embedder = Embedder.from_pretrained(args.model)
+    embedder = load_embedder(args.model, args.dtype)
     whitening = fit_whitening(embedder, texts, dim=args.whiten_dim, layer=args.layer, pooling=args.pooling,
                               batch_size=args.batch_size, max_length=args.max_length)
     return embedder, whitening

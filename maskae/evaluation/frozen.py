@@ -13,7 +13,7 @@ from ..embeddings.whitening import Whitening
 from ..errors import ConfigError
 
 
-def load_embedder(model: str | Path | Embedder) -> Embedder:
+def load_embedder(model: str | Path | Embedder, dtype: str | None = None) -> Embedder:
     """Load a checkpoint once: sweeps and baselines embed the same texts at several layers. An exported graph
     has one layer and its whitening baked in, so the raw, whitened and per-layer figures cannot all come from it."""
     if isinstance(model, Embedder):
@@ -23,7 +23,7 @@ def load_embedder(model: str | Path | Embedder) -> Embedder:
         raise ConfigError(f"{model} holds exported graphs, which evaluate cannot sweep or un-whiten; pass the model "
                           f"they were exported from ({config.get('source') or 'its directory'}) with --layer "
                           f"{config['layer']}, or use benchmarks/bench_embed.py --backends to score the graphs.")
-    return Embedder.from_pretrained(model)
+    return Embedder.from_pretrained(model, dtype=dtype)
 
 
 def code_width(embedder: Embedder) -> int:
