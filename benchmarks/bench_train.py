@@ -100,7 +100,7 @@ def switches(way: str) -> dict:
     return {**DEFAULTS, **VARIANTS[way]}
 
 
-def build(way: str, tokenizer, device: torch.device):
+def build(way: str, tokenizer, device: torch.device, dtype: torch.dtype | None = None):
     torch.manual_seed(0)
     if way == "hf":
         model = BertForMaskedLM(bert_config(len(tokenizer)))
@@ -116,7 +116,7 @@ def build(way: str, tokenizer, device: torch.device):
         model = maskae.MaskAEForMaskedLM(config).to(device)
         if fast_dropout and device.type == "cpu":  # as maskae train does on a CPU
             use_fast_dropout(model)
-            use_cpu_attention(model)
+            use_cpu_attention(model, bf16=dtype == torch.bfloat16)
         if compiled:
             model.compile_layers()
         collator = DataCollatorForDenoising(tokenizer, noise=NoiseConfig(mask_prob=0.15), seed=0)
@@ -221,7 +221,7 @@ def step_benchmark(device: torch.device, dtype: torch.dtype | None, steps: int, 
     with_bf16, why_not = bf16_runs(device)
     if device.type == "cpu" and with_bf16:
         runs += [(way, torch.bfloat16) for way in BF16_WAYS]
-    ways = {_label(way, run_dtype): (build(way, tokenizer, device), way, run_dtype) for way, run_dtype in runs}
+    ways = {_label(way, run_dtype): (build(way, tokenizer, device, run_dtype), way, run_dtype) for way, run_dtype in runs}
     batches = [data[i * BATCH:(i + 1) * BATCH] for i in range(steps)]
     times = {label: [] for label in ways}
     peaks = {label: [] for label in ways}

@@ -64,6 +64,16 @@ def test_bf16_attention_runs_in_fp32_on_a_cpu_without_amx_and_in_bf16_with_it(mo
         assert got.dtype == torch.bfloat16 and torch.equal(got, expected)
 
 
+def test_cpu_attention_is_switched_on_only_where_it_can_matter(tmp_path):
+    """No attention dropout and fp32: transformers' own SDPA call stays; bf16 switches every layer."""
+    stock = tiny_stock("bert")
+    stock.config.attention_probs_dropout_prob = 0.0
+    stock.save_pretrained(tmp_path / "stock")
+    model = MaskAEForMaskedLM.from_backbone(str(tmp_path / "stock"), 2)
+    assert use_cpu_attention(model) == 0 and model.config._attn_implementation == "sdpa"
+    assert use_cpu_attention(model, bf16=True) > 0 and model.config._attn_implementation == ATTENTION
+
+
 def test_a_model_with_fast_dropout_trains_reproducibly_and_saves_as_before(tmp_path):
     tiny_stock("bert").save_pretrained(tmp_path / "stock")
     losses = []

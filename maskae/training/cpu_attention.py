@@ -10,7 +10,8 @@
   kept: there it runs on the tile unit, which this rule was not measured on.
 
 Everywhere else (no dropout, fp32, a GPU) the call is transformers' own SDPA attention, bit for bit.
-`use_cpu_attention(model)` switches a model's SDPA layers to it; the name is never saved.
+`use_cpu_attention(model, bf16)` switches a model's SDPA layers to it where it can matter (attention
+dropout on, or bf16); the name is never saved.
 """
 
 from __future__ import annotations
@@ -65,11 +66,16 @@ AttentionInterface.register(ATTENTION, cpu_training_attention)
 AttentionMaskInterface.register(ATTENTION, sdpa_mask)  # the masks SDPA gets, so that p = 0 stays bit-exact
 
 
-def use_cpu_attention(model: nn.Module) -> int:
-    """Route the SDPA attention of every layer of `model` through `cpu_training_attention`; returns how many
-    configs were switched (layers share their model's config)."""
-    configs = {id(config): config for module in model.modules()
-               if getattr(config := getattr(module, "config", None), "_attn_implementation", None) == "sdpa"}
-    for config in configs.values():
-        config._attn_implementation = ATTENTION
-    return len(configs)
+def use_cpu_attention(model: nn.Module, bf16: bool = False) -> int:
+    """Route through `cpu_training_attention` the SDPA attention of the layers whose attention dropout is
+    on, or of every layer when training in bf16; returns how many configs were switched (layers share
+    their model's config). Other layers keep transformers' own call."""
+    switched = {}
+    for module in model.modules():
+        config, dropout = getattr(module, "config", None), getattr(module, "dropout", None)
+        if getattr(config, "_attn_implementation", None) != "sdpa":
+            continue
+        if bf16 or isinstance(dropout, nn.Dropout) and dropout.p > 0:
+            config._attn_implementation = ATTENTION
+            switched[id(config)] = config
+    return len(switched)

@@ -214,7 +214,7 @@ class Trainer:
         args, accelerator = self.args, self.accelerator
         if accelerator.device.type == "cpu":  # PyTorch's CPU dropout, and its bf16 attention, are slow there
             use_fast_dropout(model)
-            use_cpu_attention(model)
+            use_cpu_attention(model, bf16=accelerator.mixed_precision == "bf16")
         if args.compile:
             model.compile_layers()
         if args.gradient_checkpointing:
