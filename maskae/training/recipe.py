@@ -510,7 +510,8 @@ def _unknown_key_message(key: str, cls: type, prefix: str) -> str:
     valid = [k for k, _, _ in all_keys()] + [f"{prefix}.{f.name}" if prefix else f.name for f in dataclasses.fields(cls)]
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     hint = f"did you mean {close[0]}?" if close else "see `maskae train --help` for every key."
-    return f"unknown recipe key {key}; {hint}"
+    shown = key if key.isprintable() else repr(key)  # a key with a line break must not break the one-line error
+    return f"unknown recipe key {shown}; {hint}"
 
 
 def apply_override(values: dict, assignment: str) -> None:
