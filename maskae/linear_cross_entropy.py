@@ -32,15 +32,25 @@ MIN_CHUNK_ROWS = 32
 VOCAB_BLOCK = 512
 
 
+def _add_product(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, overwrite: bool = False) -> None:
+    """out = a @ b (overwrite) or out += a @ b. In place when the dtypes match; bf16 operands give a bf16
+    product that is cast into the fp32 `out` (a block at a time, so the temporary stays small)."""
+    if a.dtype == out.dtype:
+        if overwrite:
+            torch.mm(a, b, out=out)
+        else:
+            out.addmm_(a, b)
+    elif overwrite:
+        out.copy_(torch.mm(a, b))
+    else:
+        out.add_(torch.mm(a, b))
+
+
 def _project(weight: torch.Tensor, bias: torch.Tensor | None, chunk: torch.Tensor, logits: torch.Tensor,
              start: int, block: int) -> torch.Tensor:
-    """Vocabulary rows start:start+block of the [vocab, chunk] logits, written into `logits` (fp32 even
-    when `weight` and `chunk` are bf16 copies: then the product is cast into the buffer)."""
+    """Vocabulary rows start:start+block of the [vocab, chunk] logits, written into `logits`."""
     rows = logits[start:start + block]
-    if weight.dtype == rows.dtype:
-        torch.mm(weight[start:start + block], chunk.t(), out=rows)
-    else:
-        rows.copy_(torch.mm(weight[start:start + block], chunk.t()))
+    _add_product(rows, weight[start:start + block], chunk.t(), overwrite=True)
     if bias is not None:
         rows.add_(bias[start:start + block].unsqueeze(1))
     return rows
@@ -113,20 +123,9 @@ class LinearCrossEntropy(torch.autograd.Function):
                 grad = logits[first:first + vocab_block].mul_(scale)
                 if grad_bias is not None:
                     grad_bias[first:first + vocab_block] += grad.sum(dim=1)
-                if compute_dtype is None:
-                    if start == 0:
-                        torch.mm(grad, chunk, out=grad_weight[first:first + vocab_block])
-                    else:
-                        grad_weight[first:first + vocab_block].addmm_(grad, chunk)
-                    grad_rows.addmm_(grad.t(), weight[first:first + vocab_block])
-                    continue
-                grad = grad.to(compute_dtype)  # bf16 products, summed into the fp32 gradients
-                block_grad = torch.mm(grad, chunk)
-                if start == 0:
-                    grad_weight[first:first + vocab_block].copy_(block_grad)
-                else:
-                    grad_weight[first:first + vocab_block].add_(block_grad)
-                grad_rows.add_(torch.mm(grad.t(), weight_mm[first:first + vocab_block]))
+                grad = grad if compute_dtype is None else grad.to(compute_dtype)
+                _add_product(grad_weight[first:first + vocab_block], grad, chunk, overwrite=start == 0)
+                _add_product(grad_rows, grad.t(), weight_mm[first:first + vocab_block])
         grad_hidden = grad_hidden.to(hidden.dtype)
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         ctx.used = False
