@@ -10,8 +10,8 @@ rather than keep a float one (4). The keep probability is p rounded to 1/65536 (
 the kept values are scaled by its exact inverse, so the expectation is unchanged.
 
 `use_fast_dropout(model)` puts it in every `nn.Dropout` of a model (and `training/cpu_attention.py` in
-its attention), for training on a CPU; the draws come from torch's generator, so a seeded run and a resumed run repeat bit for bit.
-Saved weights and configs are unchanged (dropout holds no state; the attention name is not saved).
+its attention), for training on a CPU. The draws come from torch's generator, so a seeded run and a
+resumed run repeat bit for bit. Saved weights and configs are unchanged: dropout holds no state.
 """
 
 from __future__ import annotations
