@@ -148,10 +148,13 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch
     """Summed cross-entropy over rows of `hidden` [n, dim] projected by `weight` [vocab, dim] (+ `bias`);
     equal to `F.cross_entropy(F.linear(hidden, weight, bias), labels, reduction="sum")`, gradients included.
     Every label must be a real class (no ignore index): pass only the target rows. `compute_dtype`
-    (bf16) runs the matmuls on copies of that dtype and everything else in fp32; autocast is off inside."""
+    (bf16) runs the matmuls on copies of that dtype and everything else in fp32 (the weight's own dtype, or
+    None, runs them on the tensors themselves); autocast is off inside."""
     if chunk_rows is None:
         chunk_rows = max(MIN_CHUNK_ROWS, CHUNK_ELEMENTS // weight.shape[0])
     chunks = max(1, -(-hidden.shape[0] // chunk_rows))
     chunk_rows = max(1, -(-hidden.shape[0] // chunks))  # equal chunks: a thin last one would run far from peak
+    if compute_dtype == weight.dtype:
+        compute_dtype = None  # the matmuls run on the tensors themselves
     with torch.autocast(hidden.device.type, enabled=False):
         return LinearCrossEntropy.apply(hidden, weight, bias, labels, chunk_rows, vocab_block, compute_dtype)

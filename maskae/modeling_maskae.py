@@ -421,12 +421,11 @@ class MaskAEForMaskedLM(MaskAEPreTrainedModel):
                 states[-1] = hidden
 
         loss = logits = None
-        if sparse and self._fused_loss_applies(hidden):
+        fused_dtype = self._fused_loss_dtype(hidden) if sparse else None
+        if fused_dtype is not None:
             projection = self.get_output_embeddings()
-            device = hidden.device.type
-            compute_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
             summed = linear_cross_entropy(self.head.features(hidden), projection.weight, projection.bias, labels,
-                                          compute_dtype=compute_dtype)
+                                          compute_dtype=fused_dtype)
             loss = summed / max(labels.numel(), 1)
         else:
             logits = self.head(hidden)
@@ -440,19 +439,17 @@ class MaskAEForMaskedLM(MaskAEPreTrainedModel):
         )
         return output if return_dict is not False else output.to_tuple()
 
-    def _fused_loss_applies(self, hidden: torch.Tensor) -> bool:
-        """The fused loss computes gradients as it goes, in fp32: only for a training step, with fp32 weights,
-        and under autocast only bf16 on a CPU (the one autocast its bf16 matmul path was measured on)."""
+    def _fused_loss_dtype(self, hidden: torch.Tensor) -> torch.dtype | None:
+        """The dtype of the fused loss's matmuls, or None where it does not apply. It computes gradients as it
+        goes, with fp32 sums: only for a training step with fp32 weights, on fp32 rows, or under bf16
+        autocast on a CPU (the one autocast its bf16 matmul path was measured on)."""
         device = hidden.device.type
-        autocast = torch.is_autocast_enabled(device)
-        return (
-            self.config.fused_loss
-            and self.training
-            and torch.is_grad_enabled()
-            and self.get_output_embeddings().weight.dtype == torch.float32
-            and (not autocast and hidden.dtype == torch.float32
-                 or autocast and device == "cpu" and torch.get_autocast_dtype(device) == torch.bfloat16)
-        )
+        if not (self.config.fused_loss and self.training and torch.is_grad_enabled()
+                and self.get_output_embeddings().weight.dtype == torch.float32):
+            return None
+        if not torch.is_autocast_enabled(device):
+            return torch.float32 if hidden.dtype == torch.float32 else None
+        return torch.bfloat16 if device == "cpu" and torch.get_autocast_dtype(device) == torch.bfloat16 else None
 
 
 def sample_tokens(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:

@@ -110,6 +110,10 @@ def test_bf16_matmuls_with_fp32_sums_match_the_rounded_operands(hidden_dtype):
     torch.testing.assert_close(loss, reference, rtol=2e-3, atol=0)
     for ours, theirs in zip((hidden.grad, weight.grad, bias.grad), (leaf.grad for leaf in leaves)):
         assert (ours.float() - theirs).norm() < 1e-2 * theirs.norm()
+    # and the matmuls really ran in bf16: the same call without compute_dtype gives another loss
+    in_fp32 = linear_cross_entropy(hidden.detach().float(), weight.detach(), bias.detach(), labels, chunk_rows=40,
+                                   vocab_block=64)
+    assert not torch.equal(loss.detach(), in_fp32)
 
 
 def test_the_model_takes_the_fused_loss_under_cpu_bf16_autocast(stock_dir, batch):

@@ -3,11 +3,11 @@
 - **Dropout.** With attention dropout on, SDPA's CPU path leaves its fused kernel and materialises the
   weights anyway, drawing its mask one Bernoulli sample at a time. Here the weights are computed the
   same way (softmax, mask, product) with `fast_dropout`'s cheap mask.
-- **bf16 on a CPU without AMX.** PyTorch's bf16 flash attention (forward + backward) ran 1.6-1.9x slower
-  than fp32 at 128 tokens on an AVX-512 BF16 host, even at 256, and 13% faster only from 512. So under
-  bf16 autocast, on a CPU without AMX, sequences shorter than 256 tokens attend in fp32: the inputs are
-  cast up and the output back (a few percent of the attention's own time). With AMX the bf16 kernel is
-  kept: there it runs on the tile unit, which this rule was not measured on.
+- **bf16 on a CPU without AMX.** PyTorch's bf16 flash attention (forward + backward) ran 1.7-1.9x slower
+  than fp32 at 128 tokens on an AVX-512 BF16 host, and 1.4-1.6x slower than fp32 with the casts up and
+  back; at 256 tokens the two tied, and at 512 bf16 was 13% faster. So under bf16 autocast, on a CPU
+  without AMX, sequences shorter than 256 tokens attend in fp32. With AMX the bf16 kernel is kept:
+  this rule was not measured there.
 
 Everywhere else (no dropout, fp32, a GPU) the call is transformers' own SDPA attention, bit for bit.
 `use_cpu_attention(model, bf16)` switches a model's SDPA layers to it where it can matter (attention
